@@ -1,0 +1,264 @@
+"""Model directories in the release layout (``tohoku-nlp/sumi-7b``): load, save, validate.
+
+A model directory holds ``config.json``, ``generation_config.json``, the weights as ``model.safetensors`` or as
+``model-0000k-of-0000n.safetensors`` shards plus ``model.safetensors.index.json`` (``weight_map``: tensor name →
+shard file), and, when saved with one, the tokenizer files. Loading reads safetensors only (never pickles),
+shard by shard, so peak memory stays near one model copy plus one tensor. Every problem (missing file, missing or
+unexpected tensor, wrong shape, truncated or corrupt shard) raises :class:`CheckpointError` naming the file and
+the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sumi.config import CONFIG_NAME, SumiConfig
+from sumi.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SHARD_PATTERN = "model-{index:05d}-of-{total:05d}.safetensors"
+# Keys a converted checkpoint may carry that are not parameters (e.g. a fused kernel's _extra_state).
+IGNORED_KEY_PATTERNS = (re.compile(r".*\._extra_state$"), re.compile(r".*rotary.*inv_freq$"))
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+
+
+def parse_size(size: int | str) -> int:
+    """``"5GB"`` / ``"200MiB"`` / ``1000000`` → bytes."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", size)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ConfigError(f"cannot parse size {size!r}; write e.g. '5GB', '500MB' or a number of bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).removeprefix("torch.")
+    if key in ("auto",):
+        return None
+    if key not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[key]
+
+
+def _is_ignored(name: str) -> bool:
+    return any(p.fullmatch(name) for p in IGNORED_KEY_PATTERNS)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def weight_files(directory: Path) -> dict[str, Path]:
+    """Map every tensor name to the safetensors file that holds it (from the index, or the single file)."""
+    index = directory / INDEX_FILE
+    single = directory / SINGLE_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {exc}") from exc
+        files = {name: directory / fname for name, fname in weight_map.items()}
+        for fname in sorted(set(files.values())):
+            if not fname.is_file():
+                raise CheckpointError(f"{index} lists shard {fname.name}, but that file is missing in {directory}")
+        return files
+    if single.is_file():
+        return {name: single for name in _tensor_names(single)}
+    raise CheckpointError(
+        f"no weights in {directory}: expected {SINGLE_FILE} or {INDEX_FILE} with model-*.safetensors shards"
+    )
+
+
+def _tensor_names(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
+        raise CheckpointError(f"cannot read {path}: the file is truncated or not a safetensors file ({exc})") from exc
+
+
+def iter_checkpoint_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """Yield (name, tensor, file) one tensor at a time, shard by shard (bounded memory)."""
+    directory = Path(directory)
+    by_file: dict[Path, list[str]] = {}
+    for name, path in weight_files(directory).items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        size = path.stat().st_size
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                available = set(f.keys())
+                for name in names:
+                    if name not in available:
+                        raise CheckpointError(f"tensor {name!r} is listed in the index but missing from {path.name}")
+                    yield name, f.get_tensor(name), path
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({exc})"
+            ) from exc
+
+
+def load_model(path: str | Path, device: torch.device | str | None = None,
+               dtype: torch.dtype | str | None = None, *, strict: bool = True):
+    """Load a model directory in the release layout into :class:`sumi.model.SumiForMaskGeneration`.
+
+    Args:
+        path: directory with config.json and safetensors weights (single or sharded).
+        device: target device (default CPU).
+        dtype: parameter dtype; default keeps the stored dtype, except that bf16/fp16 weights are upcast to
+            fp32 on CPU (half-precision matmuls are ~100× slower than fp32 on CPUs without AVX-512 BF16).
+        strict: reject unexpected tensors (missing ones are always an error).
+    """
+    from sumi.model import SumiForMaskGeneration
+
+    directory = Path(path)
+    if not directory.exists():
+        raise CheckpointError(f"model directory not found: {directory}")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; pass the folder holding {CONFIG_NAME}")
+    if not (directory / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}: it is not a sumi/Hugging Face model directory")
+    try:
+        config = SumiConfig.from_json_file(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from exc
+    if config.model_type != "sumi":
+        raise CheckpointError(f"{directory} holds model_type={config.model_type!r}, not a sumi model")
+    device = torch.device(device or "cpu")
+    target_dtype = resolve_dtype(dtype)
+
+    with torch.device("meta"):
+        model = SumiForMaskGeneration(config)
+    expected = {name: p for name, p in model.state_dict().items()}
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    materialised: dict[str, torch.Tensor] = {}
+    for name, tensor, file in iter_checkpoint_tensors(directory):
+        if name not in expected:
+            if _is_ignored(name):
+                continue
+            unexpected.append(f"{name} (in {file.name})")
+            continue
+        want = tuple(expected[name].shape)
+        if tuple(tensor.shape) != want:
+            raise CheckpointError(
+                f"tensor {name} in {file.name} has shape {tuple(tensor.shape)}, but config.json implies {want}"
+            )
+        if target_dtype is None:
+            use = tensor.dtype
+            if device.type == "cpu" and tensor.dtype in (torch.bfloat16, torch.float16):
+                use = torch.float32
+        else:
+            use = target_dtype
+        materialised[name] = tensor.to(device=device, dtype=use)
+        seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if config.tie_word_embeddings and "lm_head.weight" in missing:
+        missing.remove("lm_head.weight")
+    if missing:
+        raise CheckpointError(
+            f"{directory} is missing {len(missing)} tensor(s) the config needs, e.g. {missing[:5]}"
+        )
+    if unexpected and strict:
+        raise CheckpointError(f"{directory} has unexpected tensor(s) {unexpected[:5]}; pass strict=False to skip")
+    model.load_state_dict(materialised, assign=True, strict=not config.tie_word_embeddings)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # RoPE tables are derived, not stored: build them on the target device.
+    rotary = model.model.rotary
+    rotary.cos = torch.empty(rotary.max_positions, rotary.head_dim, device=device)
+    rotary.sin = torch.empty(rotary.max_positions, rotary.head_dim, device=device)
+    rotary.init_tables()
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def save_model(model, directory: str | Path, *, max_shard_size: int | str = "5GB",
+               dtype: torch.dtype | str | None = None) -> Path:
+    """Write ``model`` in the release layout; shards when the weights exceed ``max_shard_size``.
+
+    Files are written to a temporary name and renamed, so an interrupted save never leaves a half-written
+    safetensors file under its final name. Stale weight files of an earlier save are removed.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    limit = parse_size(max_shard_size)
+    target_dtype = resolve_dtype(dtype)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if model.config.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        tensor = tensor.detach().to("cpu")
+        state[name] = (tensor.to(target_dtype) if target_dtype else tensor).contiguous()
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard_bytes = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and shard_bytes + nbytes > limit:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][name] = tensor
+        shard_bytes += nbytes
+
+    for old in list(directory.glob("model-*-of-*.safetensors")) + [directory / SINGLE_FILE, directory / INDEX_FILE]:
+        if old.exists():
+            old.unlink()
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        _atomic_save(shards[0], directory / SINGLE_FILE, metadata)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            fname = SHARD_PATTERN.format(index=i, total=len(shards))
+            _atomic_save(shard, directory / fname, metadata)
+            weight_map.update({name: fname for name in shard})
+        total_size = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        _atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+    config = model.config
+    saved_dtype = next(iter(state.values())).dtype if state else torch.float32
+    dtype_name = {v: k for k, v in _DTYPES.items()}.get(saved_dtype, config.dtype)
+    config.replace(dtype=dtype_name).save(directory)
+    return directory
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """True when ``path`` looks like a model directory (config.json plus safetensors weights)."""
+    p = Path(path)
+    return (p / CONFIG_NAME).is_file() and ((p / SINGLE_FILE).is_file() or (p / INDEX_FILE).is_file())

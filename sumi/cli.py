@@ -1,0 +1,83 @@
+"""The ``sumi`` command line.
+
+Each subcommand lives in ``sumi/commands/<name>.py`` and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their subcommand runs, so ``sumi info`` does not pay for
+lm-eval or uvicorn. User mistakes (:class:`sumi.errors.SumiError`) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sumi.errors import SumiError
+
+# name -> (module, one-line help). Order is the order shown by `sumi --help`.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("sumi.commands.demo", "train a small UDLM on the bundled corpus, sample from it, score it"),
+    "train": ("sumi.commands.train", "pretrain a UDLM (or AR baseline) from a YAML recipe"),
+    "generate": ("sumi.commands.generate", "generate text with a diffusion sampler"),
+    "score": ("sumi.commands.score", "NELBO (nats/token) of a text or a continuation"),
+    "eval": ("sumi.commands.eval", "run lm-evaluation-harness with the sumi backend"),
+    "probe": ("sumi.commands.probe", "inference probes (canvas, steps, dynamics) with plots"),
+    "convert": ("sumi.commands.convert", "convert between DCP, release layout and Megatron checkpoints"),
+    "serve": ("sumi.commands.serve", "OpenAI-compatible HTTP server"),
+    "info": ("sumi.commands.info", "resolved config and parameter counts of a model dir or preset"),
+    "tokenizer": ("sumi.commands.tokenizer", "build, train and inspect tokenizers"),
+    "data": ("sumi.commands.data", "tokenise a data mixture into packed memory-mapped shards"),
+}
+
+
+def _load(name: str):
+    module_name, _ = SUBCOMMANDS[name]
+    return importlib.import_module(module_name)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sumi", description="Uniform diffusion language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            _load(name).add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in SUBCOMMANDS:
+        command = None  # let argparse report the invalid choice
+    try:
+        parser = build_parser(only=command)
+    except ModuleNotFoundError as exc:
+        print(f"sumi: the '{command}' command is not available in this install ({exc})", file=sys.stderr)
+        return 2
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    module = _load(args.command)
+    if rest and not getattr(module, "ACCEPTS_EXTRA_ARGS", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(module, "ACCEPTS_EXTRA_ARGS", False):
+        args.extra_args = rest
+    try:
+        return int(module.run(args) or 0)
+    except SumiError as exc:
+        if args.verbose:
+            raise
+        print(f"sumi {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sumi {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""The GIDD loss: KL + Itakura-Saito, its loss and ELBO weights, Sumi's training loss (``gidd-math.md`` §2).
+
+Per token, with clean id x, noisy id z, logits ℓ [V], α = σ(λ), β = 1 − α and x̂ = softmax(ℓ):
+    q_λ(v) = α·1[v = x] + β·π_λ(v)           (data marginal)
+    p_λ(v) = α·x̂(v)     + β·π_λ(v)           (model marginal)
+    KL     = Σ_v q_λ(v) (log q_λ(v) − log p_λ(v))
+    IS     = r − log r − 1,  r = q_λ(z) / p_λ(z)
+    w      = (π_λ(z) − π'_λ(z)) / (π_λ(z) + e^λ·1[z = x])        (loss weight)
+    w_elbo = w / p(λ),  p(λ) = α(1 − α)                          (ELBO weight; nats/token after integrating)
+    L_tok  = w·KL + β_IS·w·IS + ζ·logsumexp(ℓ)²                    (training loss)
+    E_tok  = w_elbo·(KL + IS)                                      (NELBO integrand, nats/token)
+
+q_λ takes only three values (at x, at the mask id, elsewhere), so Σ q log q and Σ q log p are closed forms over
+one V-sized ``log p_λ`` tensor: no one-hot of x is ever built. All math is in fp32 (or fp64 if the logits are).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sumi.diffusion.mixing import MixingDistribution, uniform
+from sumi.diffusion.schedule import alpha_from_log_snr, alpha_from_time, log_snr_density, log_snr_from_alpha
+from sumi.errors import InputError
+
+LOG_FLOOR = math.log(1e-12)
+"""Log arguments are clamped at 1e-12 (Sumi §3), so zero-mass ids contribute 0·log(1e-12) = 0."""
+WEIGHT_DENOM_FLOOR = 1e-8
+LOSS_WEIGHT_MAX = 1e3
+ELBO_WEIGHT_MAX = 1e6
+DENSITY_FLOOR = 1e-12
+MASK_LOGIT = -1e6
+IGNORE_INDEX = -100
+
+
+def _xlogx(v: torch.Tensor) -> torch.Tensor:
+    """v·log v with 0·log 0 = 0 (and the 1e-12 floor on the log)."""
+    return v * torch.log(v.clamp_min(1e-12))
+
+
+@dataclass
+class GiddTerms:
+    """Per-token pieces of the GIDD objective, each [..] (the shape of x)."""
+
+    kl: torch.Tensor
+    itakura_saito: torch.Tensor
+    loss_weight: torch.Tensor
+    elbo_weight: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """E_tok = w_elbo·(KL + IS), nats per token (one Monte-Carlo sample of the NELBO integrand)."""
+        return self.elbo_weight * (self.kl + self.itakura_saito)
+
+    def loss(self, beta_is: float = 1.0) -> torch.Tensor:
+        """L_tok = w·KL + β_IS·w·IS (without z-loss)."""
+        return self.loss_weight * (self.kl + beta_is * self.itakura_saito)
+
+
+def loss_weights(z: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, log_snr: torch.Tensor,
+                 mixing: MixingDistribution) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, w_elbo), clipped to [0, 1e3] and [0, 1e6]. z, x int [..]; alpha, log_snr fp [..] (broadcast)."""
+    pi_z = mixing.pi_at(z, log_snr)
+    pi_prime_z = mixing.pi_prime_at(z, log_snr)
+    snr = alpha / (1 - alpha)  # e^λ of the clipped λ, without overflow
+    w = (pi_z - pi_prime_z) / torch.clamp(pi_z + snr * (z == x), min=WEIGHT_DENOM_FLOOR)
+    w_elbo = w / torch.clamp(log_snr_density(alpha), min=DENSITY_FLOOR)
+    return w.clamp(0, LOSS_WEIGHT_MAX), w_elbo.clamp(0, ELBO_WEIGHT_MAX)
+
+
+def gidd_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
+               log_snr: torch.Tensor, mixing: MixingDistribution) -> GiddTerms:
+    """KL, IS and the weights per token, in closed form.
+
+    Args:
+        logits: [..., V] raw model logits (upcast to fp32 here; kept fp64 if given fp64).
+        x: [...] clean ids; z: [...] noisy ids (int64).
+        alpha, log_snr: broadcastable to x; α must be σ(λ) of the clipped λ (or 1 − t for Sumi's loss).
+        mixing: π_λ; its vocab must equal V.
+    """
+    v_size = logits.shape[-1]
+    if v_size != mixing.vocab_size:
+        raise InputError(f"logits have {v_size} columns but the mixing distribution covers {mixing.vocab_size}")
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.to(dtype)
+    if mixing.mask_id is not None:
+        logits = logits.clone()
+        logits[..., mixing.mask_id] = MASK_LOGIT  # the model never predicts the mask token
+    alpha = torch.as_tensor(alpha, dtype=dtype, device=logits.device).expand(x.shape)
+    log_snr = torch.as_tensor(log_snr, dtype=dtype, device=logits.device).expand(x.shape)
+    beta = 1 - alpha
+    n = mixing.num_uniform
+    s = mixing.uniform_fraction(log_snr)
+    unif_mass = beta * s / n  # β·π(v) at every non-mask id
+    mask_mass = beta * (1 - s)  # β·π(m)
+
+    # log p_λ(v) = log(α·x̂(v) + β·π(v)) over all V ids, via logaddexp for accuracy where x̂ is tiny.
+    log_x_hat = torch.log_softmax(logits, dim=-1)
+    log_pi_mass = torch.log(unif_mass)[..., None].expand_as(log_x_hat)
+    if mixing.mask_id is not None:
+        log_pi_mass = log_pi_mass.clone()
+        log_pi_mass[..., mixing.mask_id] = torch.log(mask_mass)
+    log_p = torch.logaddexp(torch.log(alpha)[..., None] + log_x_hat, log_pi_mass).clamp_min(LOG_FLOOR)
+
+    x_is_mask = mixing.is_mask(x)
+    pi_x = torch.where(x_is_mask, mask_mass, unif_mass)
+    q_x = alpha + pi_x  # q_λ at v = x (absolute mass: α + β·π(x))
+
+    # Σ_v q log q: the id x, the other non-mask ids, and the mask id (when it is not x).
+    n_other_unif = n - (~x_is_mask).to(dtype)
+    neg_entropy = _xlogx(q_x) + n_other_unif * _xlogx(unif_mass)
+    if mixing.mask_id is not None:
+        neg_entropy = neg_entropy + (~x_is_mask) * _xlogx(mask_mass)
+
+    # Σ_v q log p = α·log p(x) + β·Σ_v π(v) log p(v).
+    log_p_x = log_p.gather(-1, x[..., None]).squeeze(-1)
+    if mixing.mask_id is not None:
+        log_p_m = log_p[..., mixing.mask_id]
+        sum_log_p_unif = log_p.sum(-1) - log_p_m
+        cross = alpha * log_p_x + unif_mass * sum_log_p_unif + mask_mass * log_p_m
+    else:
+        cross = alpha * log_p_x + unif_mass * log_p.sum(-1)
+    kl = (neg_entropy - cross).clamp_min(0)
+
+    # Itakura-Saito at the observed z.
+    q_z = torch.where(z == x, q_x, torch.where(mixing.is_mask(z), mask_mass, unif_mass))
+    log_r = torch.log(q_z.clamp_min(1e-12)) - log_p.gather(-1, z[..., None]).squeeze(-1)
+    itakura_saito = torch.exp(log_r) - log_r - 1
+
+    w, w_elbo = loss_weights(z, x, alpha, log_snr, mixing)
+    return GiddTerms(kl=kl, itakura_saito=itakura_saito, loss_weight=w, elbo_weight=w_elbo)
+
+
+def gidd_terms_at_log_snr(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, log_snr: torch.Tensor,
+                          mixing: MixingDistribution) -> GiddTerms:
+    """:func:`gidd_terms` with α = σ(clip(λ)) (the general GIDD parametrisation)."""
+    log_snr = torch.as_tensor(log_snr, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32,
+                              device=logits.device)
+    return gidd_terms(logits, x, z, alpha_from_log_snr(log_snr), log_snr, mixing)
+
+
+def _broadcast_time(t: torch.Tensor | float, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """t of shape [B], [B,1], [B,S] or a scalar → [B,S] fp32, with a clear error otherwise."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=device)
+    b, s = shape
+    if t.dim() == 1 and t.shape[0] == b:
+        t = t[:, None]
+    if t.dim() == 0 or (t.dim() == 2 and t.shape[0] == b and t.shape[1] in (1, s)):
+        return t.expand(b, s)
+    raise InputError(f"t must have shape [B], [B,1] or [B,S] for input [B,S]={list(shape)}, got {list(t.shape)}")
+
+
+def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: torch.Tensor | float, *,
+              beta_is: float = 1.0, z_loss: float = 1e-5,
+              vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sumi's training loss (``sumi-model.md`` §3): mean over non-ignored tokens of w·KL + β_IS·w·IS + ζ·lse².
+
+    Args:
+        logits: [B,S,V'] model logits; only the first ``vocab_size`` columns are used (a run may pad V).
+        z: [B,S] noisy ids the model saw; labels: [B,S] clean ids, −100 = ignore.
+        t: diffusion time, [B], [B,1] or [B,S]; α = 1 − t.
+    Returns:
+        (loss, metrics) — loss a differentiable scalar; metrics detached means over counted tokens:
+        ``elbo`` (E_tok), ``kl`` (w·KL), ``is`` (w·IS), ``z_loss`` (lse²), ``tokens``.
+    """
+    if labels.shape != z.shape:
+        raise InputError(f"labels shape {tuple(labels.shape)} must equal input_ids shape {tuple(z.shape)}")
+    v_size = vocab_size or logits.shape[-1]
+    logits = logits[..., :v_size].float()
+    valid = labels != IGNORE_INDEX
+    x = torch.where(valid, labels, 0)
+    if bool(((x < 0) | (x >= v_size)).any()):
+        raise InputError(f"labels must be −100 or ids in [0, {v_size})")
+    alpha = alpha_from_time(_broadcast_time(t, z.shape, logits.device))
+    terms = gidd_terms(logits, x, z, alpha, log_snr_from_alpha(alpha), uniform(v_size))
+    lse_sq = torch.logsumexp(logits, dim=-1).pow(2)
+    loss_tok = terms.loss(beta_is) + z_loss * lse_sq
+    weight = valid.to(loss_tok.dtype)
+    count = weight.sum().clamp_min(1)
+    loss = (loss_tok * weight).sum() / count
+
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        return ((v * weight).sum() / count).detach()
+
+    metrics = {
+        "elbo": mean(terms.elbo),
+        "kl": mean(terms.loss_weight * terms.kl),
+        "is": mean(terms.loss_weight * terms.itakura_saito),
+        "z_loss": mean(lse_sq),
+        "tokens": weight.sum().detach(),
+    }
+    return loss, metrics
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The AR baseline's next-token cross-entropy: logits[:, i] predict labels[:, i+1]; −100 ignored.
+
+    Its ``elbo`` metric is the exact NLL in nats/token, comparable with the UDLM's NELBO bound.
+    """
+    shifted_logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+    tokens = (targets != IGNORE_INDEX).sum()
+    return loss, {"elbo": loss.detach(), "tokens": tokens.detach().float()}

@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Every mistake a user can make (a wrong config key, a token id out of range, a truncated checkpoint, a missing
+file) raises a subclass of :class:`SumiError` whose message says what was wrong and how to fix it. The command
+line prints that message without a traceback and exits with status 2.
+"""
+
+
+class SumiError(Exception):
+    """Base class of sumi's user-facing errors."""
+
+
+class ConfigError(SumiError, ValueError):
+    """A configuration value or file is invalid."""
+
+
+class CheckpointError(SumiError, ValueError):
+    """A model directory or checkpoint is missing, incomplete, corrupt or mismatched."""
+
+
+class InputError(SumiError, ValueError):
+    """Bad user input to a model, sampler or scorer (token ids, prompt lengths, options)."""
