@@ -5,6 +5,7 @@ The public API is re-exported here; submodules are imported lazily so that ``imp
 
 from sumi.config import SumiConfig, get_preset, list_presets
 from sumi.errors import CheckpointError, ConfigError, InputError, SumiError
+from sumi.integrations import install as _install_integrations
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,8 @@ __all__ = [
     "generate",
     "score",
 ]
+
+_install_integrations()
 
 
 def __getattr__(name: str):
