@@ -7,6 +7,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${SUMI_VENV:-$root/.venv}"
 torch_pin="${SUMI_TORCH:-torch==2.13.0}"
 stamp="$venv/.sumi-installed"
+# One installer at a time (parallel test runs share the venv).
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 want="$(cat "$root/pyproject.toml" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
