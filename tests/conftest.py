@@ -27,3 +27,33 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return SumiForMaskGeneration.from_config(tiny_config, seed=0).eval()
+
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+
+
+def sample_texts() -> list[str]:
+    """~400 verses of the King James Bible (public domain): the tiny tokenizer's training text."""
+    with open(os.path.join(ASSETS, "genesis.txt"), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 512-id byte-level BPE (BOS/EOS/PAD = 0/1/2, matching the sumi-tiny preset)."""
+    from sumi.tokenizer import train_bpe
+
+    return train_bpe(sample_texts(), vocab_size=512, min_frequency=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A self-contained model directory: sumi-tiny weights (seed 0, untrained), config, tokenizer files."""
+    from sumi.config import sumi_tiny
+    from sumi.model import SumiForMaskGeneration
+
+    directory = tmp_path_factory.mktemp("tiny_model")
+    model = SumiForMaskGeneration.from_config(sumi_tiny(), seed=0)
+    model.save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return directory
