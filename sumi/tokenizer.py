@@ -431,7 +431,9 @@ def load_tokenizer(path_or_name: str | Path) -> SumiTokenizer:
     if isinstance(path_or_name, SumiTokenizer):
         return path_or_name
     name = str(path_or_name)
-    if name in ("sumi", "cl100k", "cl100k_base") and not Path(name).exists():
+    # A name wins over a same-named folder (the repo root has a ``sumi/`` package) unless it holds a tokenizer.
+    if name in ("sumi", "cl100k", "cl100k_base") and not (Path(name) / "tokenizer.json").is_file() \
+            and not Path(name).is_file():
         return sumi_tokenizer()
     path = Path(name).expanduser()
     if not path.exists():
