@@ -254,7 +254,7 @@ def sumi_7b() -> SumiConfig:
 
 
 def sumi_1b() -> SumiConfig:
-    """A ~1.3B-parameter sibling (d 2048, 16 layers, 16/4 heads) with the Sumi vocabulary."""
+    """A ~1.2B-parameter sibling (0.77B non-embedding; d 2048, 16 layers, 16/4 heads), Sumi vocabulary."""
     return dataclasses.replace(
         sumi_7b(), hidden_size=2048, intermediate_size=6144, num_hidden_layers=16,
         num_attention_heads=16, num_key_value_heads=4, head_dim=128, extra={},
@@ -262,10 +262,10 @@ def sumi_1b() -> SumiConfig:
 
 
 def sumi_160m() -> SumiConfig:
-    """A ~160M-non-embedding model (d 768, 12 layers, 12/4 heads, head_dim 64), Sumi vocabulary."""
+    """A ~160M-non-embedding model (d 1024, 14 layers, 16/4 heads, head_dim 64), Sumi vocabulary."""
     return dataclasses.replace(
-        sumi_7b(), hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-        num_attention_heads=12, num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, extra={},
+        sumi_7b(), hidden_size=1024, intermediate_size=2816, num_hidden_layers=14,
+        num_attention_heads=16, num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, extra={},
     )
 
 

@@ -98,7 +98,8 @@ def sink_attention_eager(
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)
     v = v.repeat_interleave(groups, dim=1)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    compute = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays fp64 for tests)
+    scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     if is_causal:
@@ -109,7 +110,7 @@ def sink_attention_eager(
     sink = torch.zeros(*scores.shape[:-1], 1, dtype=scores.dtype, device=scores.device)
     log_norm = torch.logsumexp(torch.cat([scores, sink], dim=-1), dim=-1, keepdim=True)
     probs = torch.exp(scores - log_norm)
-    return (probs @ v.float()).to(q.dtype)
+    return (probs @ v.to(compute)).to(q.dtype)
 
 
 def sink_attention_sdpa(

@@ -65,8 +65,8 @@ def loss_weights(z: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, log_snr:
     """(w, w_elbo), clipped to [0, 1e3] and [0, 1e6]. z, x int [..]; alpha, log_snr fp [..] (broadcast)."""
     pi_z = mixing.pi_at(z, log_snr)
     pi_prime_z = mixing.pi_prime_at(z, log_snr)
-    snr = alpha / (1 - alpha)  # e^λ of the clipped λ, without overflow
-    w = (pi_z - pi_prime_z) / torch.clamp(pi_z + snr * (z == x), min=WEIGHT_DENOM_FLOOR)
+    snr_if_clean = torch.where(z == x, alpha / (1 - alpha), 0.0)  # e^λ·1[z = x]; where() avoids inf·0 at α = 1
+    w = (pi_z - pi_prime_z) / torch.clamp(pi_z + snr_if_clean, min=WEIGHT_DENOM_FLOOR)
     w_elbo = w / torch.clamp(log_snr_density(alpha), min=DENSITY_FLOOR)
     return w.clamp(0, LOSS_WEIGHT_MAX), w_elbo.clamp(0, ELBO_WEIGHT_MAX)
 

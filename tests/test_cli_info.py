@@ -1,0 +1,32 @@
+"""`sumi info`: resolved config and parameter counts as JSON; clean errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from sumi.cli import main
+
+
+def test_info_json_for_the_7b_preset(capsys):
+    assert main(["info", "sumi-7b", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == {"total": 7_767_543_808, "embedding": 821_477_376, "non_embedding": 6_946_066_432}
+    assert info["config"]["num_key_value_heads"] == 8 and info["config"]["vocab_size"] == 100278
+
+
+def test_info_on_a_model_directory_matches_the_actual_tensors(tiny_model_dir, capsys, tiny_model):
+    assert main(["info", str(tiny_model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == tiny_model.num_parameters()
+    assert info["source"] == str(tiny_model_dir)
+
+
+def test_bad_argument_is_one_clear_line_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "sumi.cli", "info", "/no/such/dir"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "sumi info: error: '/no/such/dir' is neither a model directory nor a preset "
+        "(sumi-7b, sumi-1b, sumi-160m, sumi-tiny)"
+    )
