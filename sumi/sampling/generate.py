@@ -1,0 +1,336 @@
+"""``generate``: the released Sumi samplers (``shared/spec/sumi-model.md`` §4), fast and observable.
+
+The loop owns the canvas, the RNG and a per-row logits cache. One step k (of K) moves from log-SNR λ_t = λ_k to
+λ_s = λ_{k+1} (see :mod:`sumi.sampling.schedule`). Beyond the release:
+
+* **logit reuse**: a row whose canvas did not change keeps its logits (the model does not see λ), so only
+  changed rows are forwarded; ``nfe`` counts forward calls actually made;
+* **early stop** (deterministic samplers only: greedy, adaptive with T = 0): a step that changes no token of
+  a row proves the row is a fixed point, so once every row is fixed the remaining steps would be no-ops;
+* ``callback(StepInfo)`` after every step (return True to stop) and an optional recorded ``trajectory``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from sumi.diffusion import alpha_from_log_snr, uniform
+from sumi.errors import InputError
+from sumi.sampling.canvas import check_options, parse_prompts, plan_canvas
+from sumi.sampling.schedule import step_log_snrs
+from sumi.sampling.steps import adaptive_step, ancestral_step, greedy_step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepInfo:
+    """What one step did. Tensors are [B, C] on the model's device; do not modify them."""
+
+    step: int
+    """0-based step index."""
+    num_steps: int
+    log_snr_t: float
+    """λ of the level the step started from (noisier)."""
+    log_snr_s: float
+    """λ of the level it moved to (cleaner)."""
+    canvas: torch.Tensor
+    """The canvas after the step (int64)."""
+    argmax: torch.Tensor
+    """argmax_v of the model's logits at the step's input canvas (int64)."""
+    argmax_prob: torch.Tensor
+    """Its untempered softmax probability (fp32)."""
+    committed: torch.Tensor
+    """Positions the sampler wrote this step (bool; adaptive: the chosen ones, else every resampled one)."""
+    changed: torch.Tensor
+    """Positions whose token differs from before the step (bool)."""
+    nfe: int
+    """Forward calls so far."""
+    reused_logits: bool
+    """True when no row needed a new forward pass for this step."""
+
+
+@dataclass
+class TrajectoryFrame:
+    """One recorded step (CPU tensors, [B, C]); step −1 is the starting canvas."""
+
+    step: int
+    log_snr_t: float
+    log_snr_s: float
+    canvas: torch.Tensor
+    committed: torch.Tensor
+    argmax_prob: torch.Tensor | None
+
+
+@dataclass
+class Trajectory:
+    """Every canvas a run visited: frames[0] is the start, frames[k + 1] the canvas after step k."""
+
+    frames: list[TrajectoryFrame] = field(default_factory=list)
+    frozen_mask: torch.Tensor | None = None
+    prompt_lengths: list[int] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    """Result of :func:`generate`."""
+
+    sequences: list[list[int]]
+    """New tokens per row: canvas[P : P + budget], cut before the first EOS when ``trim_at_eos``."""
+    canvas: torch.Tensor
+    """The full final canvas [B, C] (prompt, generation, anchors, tail)."""
+    prompt_lengths: list[int]
+    steps_run: int
+    """Steps executed (fewer than requested after an early stop)."""
+    nfe: int
+    """Forward calls actually made (cached steps cost none)."""
+    budgets: list[int] = field(default_factory=list)
+    """New-token budget per row (the anchor sits right after it)."""
+    trajectory: Trajectory | None = None
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def forward_logits(model: torch.nn.Module, canvas: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """fp32 logits [B, C, V] of a full canvas (no padding mask: every canvas position is a real token)."""
+    from sumi.model import SumiForMaskGeneration
+
+    if isinstance(model, SumiForMaskGeneration):
+        out = model(canvas, validate=False)  # ids were validated once, before the loop
+    else:
+        out = model(canvas)
+    logits = getattr(out, "logits", out)
+    return logits[..., :vocab_size].float()  # a training run may pad the vocabulary
+
+
+def make_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """``generator`` if given, else one seeded with ``seed``, else one seeded from torch's global RNG."""
+    if generator is not None:
+        if seed is not None:
+            raise InputError("pass either seed or generator, not both")
+        return generator
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    return gen
+
+
+def trim(canvas: torch.Tensor, prompt_lengths: list[int], budgets: list[int], eos_id: int,
+         trim_at_eos: bool) -> list[list[int]]:
+    """New tokens per row, cut before the first EOS at/after the prompt when ``trim_at_eos``."""
+    rows = []
+    for row, p, budget in zip(canvas.tolist(), prompt_lengths, budgets):
+        new = row[p:p + budget]
+        if trim_at_eos and eos_id in new:
+            new = new[: new.index(eos_id)]
+        rows.append(new)
+    return rows
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor | list[list[int]] | None = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 128,
+    num_denoising_steps: int | None = None,
+    sampler: str = "adaptive",
+    schedule: str = "linear",
+    min_log_snr: float = -9.0,
+    max_log_snr: float = 9.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    tokens_per_step: int = 1,
+    canvas_length: int | None = None,
+    anchor_eosbos: bool = True,
+    frozen=None,
+    denoise_end: int | list[int] | None = None,
+    trim_at_eos: bool = True,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    initial_canvas: torch.Tensor | None = None,
+    early_stop: bool = True,
+    callback: Callable[[StepInfo], bool | None] | None = None,
+    show_progress: bool = False,
+    return_trajectory: bool = False,
+    sliding: bool = False,
+    context_length: int | None = None,
+) -> GenerationOutput:
+    """Sample continuations of ``input_ids`` on a fixed canvas with a Sumi sampler.
+
+    Args:
+        model: maps [B, C] ids to logits [B, C, ≥V] (``.logits`` of the output or the tensor itself); needs
+            ``model.config`` with ``vocab_size``, ``max_position_embeddings``, ``bos_token_id``, ``eos_token_id``.
+        input_ids: prompts, a [B, P] int tensor (right-padded; lengths from ``attention_mask``) or a list of id
+            lists (different lengths allowed). ``None``: unconditional (prompt length 0, no BOS written).
+        max_new_tokens: new tokens per row (the anchor's budget). With ``sliding=True`` it may exceed the canvas.
+        num_denoising_steps: K steps (default ``max_new_tokens``); one forward per step at most.
+        sampler: ``adaptive`` (commit the most confident ``tokens_per_step`` positions per step), ``ancestral``
+            (exact posterior for every free position) or ``greedy`` (every free position takes its argmax).
+        schedule, min_log_snr, max_log_snr: the λ schedule (linear or cosine in α, λ clamped to [min, max]).
+        temperature, top_k, top_p: the clean-token distribution x̂ (T = 0 is the argmax).
+        tokens_per_step: positions committed per step by ``adaptive`` (ignored by the others).
+        canvas_length: default 2048 (or the width of ``initial_canvas``), capped at max positions.
+        anchor_eosbos: freeze ``EOS, BOS`` right after the budget (where text should end).
+        frozen: extra constraints, per row a list of (position, token) pairs or a [B, C] tensor (−1 = free).
+        denoise_end: canvas index (int or per row) from which positions keep their starting value.
+        trim_at_eos: cut each sequence before its first EOS.
+        seed / generator: randomness (canvas and sampling); neither = drawn from torch's global RNG.
+        initial_canvas: [B, C] starting ids instead of uniform noise (prompt/anchors/frozen are written over it).
+        early_stop: stop deterministic samplers once no row changes.
+        callback: called with a :class:`StepInfo` after every step; returning True stops the loop.
+        show_progress: a tqdm bar over the steps.
+        return_trajectory: record every canvas in ``output.trajectory``.
+        sliding / context_length: see :func:`sumi.sampling.long.generate_long`.
+
+    Returns:
+        :class:`GenerationOutput`. Raises :class:`~sumi.errors.InputError` for bad input before any forward.
+    """
+    if sliding:
+        from sumi.sampling.long import generate_long
+
+        return generate_long(
+            model, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            context_length=context_length, num_denoising_steps=num_denoising_steps, sampler=sampler,
+            schedule=schedule, min_log_snr=min_log_snr, max_log_snr=max_log_snr, temperature=temperature,
+            top_k=top_k, top_p=top_p, tokens_per_step=tokens_per_step, canvas_length=canvas_length,
+            anchor_eosbos=anchor_eosbos, trim_at_eos=trim_at_eos, seed=seed, generator=generator,
+            early_stop=early_stop, show_progress=show_progress,
+            **_reject_for_sliding(frozen=frozen, denoise_end=denoise_end, initial_canvas=initial_canvas,
+                                  callback=callback, return_trajectory=return_trajectory),
+        )
+    config = model.config
+    steps = max_new_tokens if num_denoising_steps is None else num_denoising_steps
+    check_options(sampler=sampler, schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+                  tokens_per_step=tokens_per_step, num_denoising_steps=steps, min_log_snr=min_log_snr,
+                  max_log_snr=max_log_snr)
+    device = model_device(model)
+    vocab_size = config.vocab_size
+    prompts = parse_prompts(input_ids, attention_mask)
+    gen = make_generator(seed, generator, device)
+    plan = plan_canvas(
+        prompts, vocab_size=vocab_size, max_positions=config.max_position_embeddings, bos_id=config.bos_token_id,
+        eos_id=config.eos_token_id, max_new_tokens=max_new_tokens, canvas_length=canvas_length,
+        anchor_eosbos=anchor_eosbos, frozen=frozen, denoise_end=denoise_end, initial_canvas=initial_canvas,
+        min_log_snr=min_log_snr, device=device, generator=gen,
+    )
+    canvas, free = plan.canvas, plan.free_mask
+    log_snrs = step_log_snrs(steps, schedule, min_log_snr, max_log_snr).tolist()
+    mixing = uniform(vocab_size)
+    deterministic = sampler == "greedy" or (sampler == "adaptive" and temperature == 0)
+    trajectory = None
+    if return_trajectory:
+        trajectory = Trajectory(frozen_mask=plan.frozen_mask.cpu(), prompt_lengths=plan.prompt_lengths,
+                                budgets=plan.budgets)
+        trajectory.frames.append(TrajectoryFrame(-1, log_snrs[0], log_snrs[0], canvas.cpu(),
+                                                 torch.zeros_like(free, device="cpu"), None))
+    observe = callback is not None or trajectory is not None
+
+    progress = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=steps, desc=f"{sampler} sampling", unit="step")
+    logits, stale = None, torch.ones(canvas.shape[0], dtype=torch.bool, device=device)
+    nfe = steps_run = 0
+    for k in range(steps):
+        log_snr_t, log_snr_s = log_snrs[k], log_snrs[k + 1]
+        stale_rows = stale.nonzero().squeeze(-1)
+        reused = stale_rows.numel() == 0
+        if logits is None or stale_rows.numel() == canvas.shape[0]:
+            logits = forward_logits(model, canvas, vocab_size)
+            nfe += 1
+        elif not reused:
+            logits[stale_rows] = forward_logits(model, canvas[stale_rows], vocab_size)
+            nfe += 1
+        probs = None
+        if sampler == "ancestral":
+            alpha_t = float(alpha_from_log_snr(torch.tensor(log_snr_t, dtype=torch.float64), min_log_snr, max_log_snr))
+            alpha_s = float(alpha_from_log_snr(torch.tensor(log_snr_s, dtype=torch.float64), min_log_snr, max_log_snr))
+            new, committed = ancestral_step(logits, canvas, free, alpha_t=alpha_t, alpha_s=alpha_s,
+                                            log_snr_t=log_snr_t, mixing=mixing, temperature=temperature,
+                                            top_k=top_k, top_p=top_p, generator=gen)
+        elif sampler == "adaptive":
+            probs = torch.softmax(logits, dim=-1)
+            new, committed = adaptive_step(probs, logits, canvas, free, tokens_per_step=tokens_per_step,
+                                           temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+        else:
+            new, committed = greedy_step(logits, canvas, free)
+        changed = new != canvas
+        stale = changed.any(dim=1)
+        steps_run += 1
+        stop = False
+        if observe:
+            if probs is None:
+                log_norm = torch.logsumexp(logits, dim=-1)
+                top_logit, argmax = logits.max(-1)
+                argmax_prob = torch.exp(top_logit - log_norm)
+            else:
+                argmax_prob, argmax = probs.max(-1)
+            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, argmax, argmax_prob, committed, changed, nfe, reused)
+            if trajectory is not None:
+                trajectory.frames.append(TrajectoryFrame(k, log_snr_t, log_snr_s, new.cpu(), committed.cpu(),
+                                                         argmax_prob.cpu()))
+            if callback is not None:
+                stop = bool(callback(info))
+        canvas = new
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(nfe=nfe)
+        if stop:
+            logger.debug("callback stopped sampling after step %d", k)
+            break
+        if early_stop and deterministic and not bool(stale.any()):
+            logger.debug("canvas converged after %d of %d steps", k + 1, steps)
+            break
+    if progress is not None:
+        progress.close()
+    sequences = trim(canvas, plan.prompt_lengths, plan.budgets, config.eos_token_id, trim_at_eos)
+    return GenerationOutput(sequences=sequences, canvas=canvas, prompt_lengths=plan.prompt_lengths,
+                            steps_run=steps_run, nfe=nfe, budgets=plan.budgets, trajectory=trajectory)
+
+
+def _reject_for_sliding(**options) -> dict:
+    used = [name for name, value in options.items() if value not in (None, False)]
+    if used:
+        raise InputError(f"{', '.join(used)} cannot be combined with sliding=True (each window has its own canvas)")
+    return {}
+
+
+def generate_text(model: torch.nn.Module, tokenizer, prompts: list[str] | str, *, stop: list[str] | None = None,
+                  add_bos: bool = True, **generate_kwargs) -> list[str]:
+    """Texts in, texts out: encode each prompt with BOS prepended (the release convention), sample, and decode
+    only the new tokens, cut at the first EOS and at the first of the ``stop`` strings (which is dropped).
+
+    ``generate_kwargs`` go to :func:`generate` (``max_new_tokens``, ``sampler``, ``seed``, …).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not all(isinstance(s, str) for s in stop):
+            raise InputError("stop must be a list of strings")
+        stop = [s for s in stop if s]
+    ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]
+    out = generate(model, ids, **generate_kwargs)
+    texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out.sequences]
+    return [cut_at_stop(text, stop) for text in texts]
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """``text`` up to (not including) the earliest occurrence of any stop string."""
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
