@@ -26,6 +26,8 @@ __all__ = [
 
 _install_integrations()
 
+_SUBMODULES = ("checkpoint", "config", "data", "diffusion", "eval", "model", "sampling", "serve", "tokenizer", "train")
+
 
 def __getattr__(name: str):
     # Lazy re-exports: heavy modules (torch model, samplers, scorers) load on first use.
@@ -49,4 +51,8 @@ def __getattr__(name: str):
         from sumi.eval.nelbo import score
 
         return score
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"sumi.{name}")
     raise AttributeError(f"module 'sumi' has no attribute {name!r}")
