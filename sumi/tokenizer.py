@@ -113,8 +113,8 @@ class SumiTokenizer:
         self.bos_token_id: int = ids["bos"]
         self.eos_token_id: int = ids["eos"]
         self.pad_token_id: int = ids["pad"]
-        max_added = max(self._added_tokens(), default=-1)
-        self.vocab_size: int = max(tokenizer.get_vocab_size(with_added_tokens=True), max_added + 1)
+        # Embedding rows needed = largest id + 1 (a tokenizer.json may leave holes in its id range).
+        self.vocab_size: int = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
         # A second handle encodes special-token strings found in text as plain text (data must never
         # forge document boundaries); the first parses them (prompts that name <|endoftext|> on purpose).
         self._plain = _clone(tokenizer)
