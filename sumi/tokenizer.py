@@ -115,15 +115,16 @@ class SumiTokenizer:
         self.pad_token_id: int = ids["pad"]
         # Embedding rows needed = largest id + 1 (a tokenizer.json may leave holes in its id range).
         self.vocab_size: int = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
-        # A second handle encodes special-token strings found in text as plain text (data must never
-        # forge document boundaries); the first parses them (prompts that name <|endoftext|> on purpose).
-        self._plain = _clone(tokenizer)
-        self._plain.encode_special_tokens = True
+        # Special-token strings found in text encode as plain text (data must never forge document
+        # boundaries); a second handle that parses them (prompts that name <|endoftext|> on purpose) is made
+        # on first use. The flag is runtime-only: tokenizer.json files are unaffected.
+        tokenizer.encode_special_tokens = True
+        self._parsing = None
 
     # ---------------------------------------------------------------- properties
     @property
     def backend(self):
-        """The wrapped ``tokenizers.Tokenizer``."""
+        """The wrapped ``tokenizers.Tokenizer`` (with ``encode_special_tokens=True``: plain-text encoding)."""
         return self._tokenizer
 
     @property
@@ -145,6 +146,14 @@ class SumiTokenizer:
         return (f"SumiTokenizer(vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
                 f"eos={self.eos_token_id}, pad={self.pad_token_id})")
 
+    def _backend(self, parse_special: bool):
+        if not parse_special:
+            return self._tokenizer
+        if self._parsing is None:
+            self._parsing = _clone(self._tokenizer)
+            self._parsing.encode_special_tokens = False
+        return self._parsing
+
     def _added_tokens(self) -> dict:
         return self._tokenizer.get_added_tokens_decoder()
 
@@ -161,7 +170,7 @@ class SumiTokenizer:
         """Token ids of ``text``; with ``parse_special`` strings like ``<|endoftext|>`` become their ids."""
         if not isinstance(text, str):
             raise InputError(f"encode expects a str, got {type(text).__name__}")
-        backend = self._tokenizer if parse_special else self._plain
+        backend = self._backend(parse_special)
         ids = backend.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_bos, add_eos)
 
@@ -172,7 +181,7 @@ class SumiTokenizer:
         for text in texts:
             if not isinstance(text, str):
                 raise InputError(f"encode_batch expects strings, got {type(text).__name__}")
-        backend = self._tokenizer if parse_special else self._plain
+        backend = self._backend(parse_special)
         fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [self._wrap(enc.ids, add_bos, add_eos) for enc in fast(texts, add_special_tokens=False)]
 
