@@ -313,3 +313,14 @@ def test_embedded_corpus_smoke():
     spec = MixtureSpec.from_yaml(os.path.join(os.path.dirname(__file__), "..", "configs", "data", "embedded.yaml"))
     assert [s.name for s in spec.sources] == ["shakespeare", "bible", "python"]
     assert all(s.type == "builtin" for s in spec.sources)
+    assert [(s.name, s.weight) for s in spec.sources] == [(s.name, s.weight) for s in MixtureSpec.embedded().sources]
+
+
+def test_heldout_iter_batches_split_across_ranks(built):
+    _, out, manifest = built
+    dataset = PackedDataset(out, "heldout")
+    everything = torch.cat(list(dataset.iter_batches(2)))
+    assert everything.shape == (manifest.splits["heldout"].num_canvases, SEQ)
+    parts = [torch.cat(list(dataset.iter_batches(2, rank=r, world_size=2))) for r in range(2)]
+    assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, everything.tolist()))
+    torch.testing.assert_close(parts[0], everything[0::2], rtol=0, atol=0)

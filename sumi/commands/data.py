@@ -1,6 +1,6 @@
 """``sumi data``: tokenise a mixture into packed shards, and inspect a shard directory.
 
-    sumi data build --mixture configs/data/embedded.yaml --tokenizer sumi --output shards/embedded \
+    sumi data build [--mixture spec.yaml | --builtin shakespeare,bible] --tokenizer sumi --output DIR \
         [--seq-len 1184] [--heldout 0.01] [--seed 0] [--workers N] [--overwrite]
     sumi data inspect shards/embedded [--split train] [--canvas 0] [--json]
 """
@@ -15,7 +15,9 @@ import time
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("build", help="tokenise a YAML mixture into packed memory-mapped shards")
-    p.add_argument("--mixture", default="configs/data/embedded.yaml", help="YAML mixture spec")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mixture", help="YAML mixture spec (default: the embedded mixture)")
+    group.add_argument("--builtin", help="comma-separated embedded corpora, each with weight 1")
     p.add_argument("--tokenizer", default="sumi", help="tokenizer directory/file, or 'sumi' (cl100k)")
     p.add_argument("--output", required=True, help="shard directory to create")
     p.add_argument("--seq-len", type=int, default=1184, help="canvas length in tokens")
@@ -53,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from sumi.tokenizer import load_tokenizer
 
     if args.action == "build":
-        spec = MixtureSpec.from_yaml(args.mixture)
+        if args.mixture:
+            spec = MixtureSpec.from_yaml(args.mixture)
+        elif args.builtin:
+            spec = MixtureSpec.builtin([n.strip() for n in args.builtin.split(",") if n.strip()])
+        else:
+            spec = MixtureSpec.embedded()
         tokenizer = load_tokenizer(args.tokenizer)
         start = time.perf_counter()
         manifest = build_shards(spec, tokenizer, args.output, seq_len=args.seq_len, heldout_fraction=args.heldout,

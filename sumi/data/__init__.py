@@ -13,11 +13,12 @@ batch = next(loader)  # torch.LongTensor [8, 1184]
 
 from sumi.data.corpus import BUILTIN_SOURCES, iter_documents
 from sumi.data.loader import PackedDataset, PackedLoader
-from sumi.data.mixture import MixtureSpec, SourceSpec
+from sumi.data.mixture import EMBEDDED_WEIGHTS, MixtureSpec, SourceSpec
 from sumi.data.shards import Manifest, ShardError, SplitInfo, build_shards
 
 __all__ = [
     "BUILTIN_SOURCES",
+    "EMBEDDED_WEIGHTS",
     "iter_documents",
     "MixtureSpec",
     "SourceSpec",

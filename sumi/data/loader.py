@@ -71,6 +71,21 @@ class PackedDataset:
             out[row] = self._shards[s][i - self._starts[s]]
         return out
 
+    def iter_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        """One ordered pass (e.g. held-out evaluation): ``torch.LongTensor [<=batch_size, seq_len]`` batches.
+
+        Rank ``r`` gets canvases ``r, r + W, r + 2W, …``, so ranks split the split without overlap and the
+        last batch may be shorter.
+        """
+        import torch
+
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, "
+                              f"{world_size}")
+        mine = np.arange(rank, self._len, world_size)
+        for start in range(0, len(mine), batch_size):
+            yield torch.from_numpy(self.get_batch(mine[start:start + batch_size]))
+
     def documents(self) -> np.ndarray:
         """The split's document index: int64 ``[n, 3]`` rows (source, document, stream offset of its BOS)."""
         return np.load(self.shard_dir / self.manifest.splits[self.split].index_file)

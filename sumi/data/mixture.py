@@ -44,6 +44,8 @@ SOURCE_TYPES = ("builtin", "text", "jsonl", "parquet", "hf")
 _TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet",)
+# Weights of the embedded default mixture: the stdlib selection is down-sampled to half so prose dominates.
+EMBEDDED_WEIGHTS = {"shakespeare": 1.0, "bible": 1.0, "python": 0.5}
 
 
 @dataclass
@@ -320,6 +322,13 @@ class MixtureSpec:
         weights = weights or {}
         return cls(sources=[SourceSpec(name=n, type="builtin", weight=weights.get(n, 1.0)) for n in names],
                    name="builtin")
+
+    @classmethod
+    def embedded(cls) -> MixtureSpec:
+        """The embedded default mixture (same as ``configs/data/embedded.yaml``)."""
+        spec = cls.builtin(BUILTIN_SOURCES, EMBEDDED_WEIGHTS)
+        spec.name = "embedded"
+        return spec
 
     def check(self) -> None:
         for source in self.sources:
