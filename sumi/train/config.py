@@ -1,0 +1,372 @@
+"""Typed run configuration of ``sumi train``: one dataclass per concern, composed into :class:`RunConfig`.
+
+Resolution order (lowest first), done in one place, :func:`resolve_run_config`:
+
+    dataclass defaults  <  model preset (``model.preset``)  <  YAML recipe  <  command-line ``key.sub=value``
+
+Every section validates itself in ``__post_init__`` and raises :class:`ConfigError` with a message a user can act
+on; an unknown key lists the valid ones. The resolved config is written as ``config.yaml`` next to every
+checkpoint, so a run can always be reproduced from its own directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sumi.config import SumiConfig, get_preset, list_presets
+from sumi.errors import ConfigError
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ModelSection:
+    """Which transformer to train."""
+
+    preset: str = "sumi-tiny"
+    """Named architecture (``sumi-tiny``, ``sumi-160m``, ``sumi-1b``, ``sumi-7b``) the overrides edit."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """``SumiConfig`` fields replacing the preset's (e.g. ``hidden_size: 256``); unknown names are an error."""
+    causal: bool = False
+    """Train the autoregressive baseline (causal mask, next-token cross-entropy) instead of the UDLM."""
+    init_seed: int = 0
+    """Seed of :meth:`SumiForMaskGeneration.init_weights` (the same on every rank)."""
+    attn_implementation: str = "sdpa"
+    """``sdpa`` (fused) or ``eager`` (reference) attention."""
+
+    def __post_init__(self) -> None:
+        _need(self.preset.lower().replace("_", "-") in list_presets(),
+              f"model.preset={self.preset!r} is unknown; available presets: {', '.join(list_presets())}")
+        _need(isinstance(self.overrides, dict), "model.overrides must be a mapping of SumiConfig fields")
+        _need(self.attn_implementation in ("sdpa", "eager"),
+              f"model.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'")
+        self.build()  # fail now, not after the data is loaded
+
+    def build(self) -> SumiConfig:
+        """The resolved architecture: preset, then overrides, then ``is_causal``."""
+        overrides = dict(self.overrides)
+        if self.causal:
+            overrides["is_causal"] = True
+        try:
+            return get_preset(self.preset).replace(**overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"model.overrides on preset {self.preset!r}: {exc}") from None
+
+
+@dataclass
+class DataSection:
+    """Where the training tokens come from (packed shards written by ``sumi data build``)."""
+
+    shard_dir: str = ""
+    """Directory of packed token shards (with their manifest); required."""
+    tokenizer: str = ""
+    """Tokenizer shipped with the exported model (a directory, a tokenizer.json or ``sumi``)."""
+    mixture: Any = ""
+    """Optional mixture (a YAML path, or the mapping inline): when ``shard_dir`` does not exist yet it is built
+    from this mixture first (see ``sumi.data.MixtureSpec``)."""
+    seq_len: int = 1184
+    """Canvas length used only when building shards from ``mixture``."""
+    heldout_fraction: float = 0.01
+    """Share of canvases kept out for held-out NELBO, used only when building shards."""
+
+    def __post_init__(self) -> None:
+        _need(self.seq_len > 1, f"data.seq_len must be > 1, got {self.seq_len}")
+        _need(isinstance(self.mixture, str | dict),
+              "data.mixture must be a path to a mixture YAML or an inline mapping with 'sources:'")
+        _need(0.0 < self.heldout_fraction < 1.0,
+              f"data.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class NoiseSection:
+    """The diffusion-time draw of training (``sumi-model.md`` §3)."""
+
+    per_token_fraction: float = 0.2
+    """Share of sequences whose tokens get independent t; the rest share one t per sequence."""
+    log_snr_min: float = -9.0
+    """λ_min: t is drawn uniformly on [1 − σ(λ_max), 1 − σ(λ_min)]."""
+    log_snr_max: float = 9.0
+    """λ_max."""
+
+    def __post_init__(self) -> None:
+        _need(0.0 <= self.per_token_fraction <= 1.0,
+              f"noise.per_token_fraction must lie in [0, 1], got {self.per_token_fraction}")
+        _need(self.log_snr_min < self.log_snr_max,
+              f"noise.log_snr_min={self.log_snr_min} must be < noise.log_snr_max={self.log_snr_max}")
+
+
+@dataclass
+class OptimizerSection:
+    """AdamW with decoupled weight decay on matrices only."""
+
+    lr: float = 2e-4
+    """Peak learning rate (reached at the end of warmup)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam β1, β2."""
+    eps: float = 1e-8
+    """Adam ε."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on 2-D weights; norm gains are never decayed."""
+    decay_embeddings: bool = True
+    """Also decay the embedding and head matrices (they are matrices; Sumi decays all matrices)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        _need(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr}")
+        _need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+              f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        _need(self.eps > 0, f"optimizer.eps must be > 0, got {self.eps}")
+        _need(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        _need(self.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+SCHEDULE_KINDS = ("wsd", "cosine", "constant")
+
+
+@dataclass
+class ScheduleSection:
+    """Learning-rate schedule over optimizer steps."""
+
+    kind: str = "wsd"
+    """``wsd`` (warmup-stable-decay), ``cosine`` or ``constant`` (after warmup)."""
+    warmup_steps: int = 2000
+    """Linear warmup from lr/warmup_steps to the peak lr."""
+    decay_fraction: float = 0.1
+    """wsd: share of all steps spent in the final linear cooldown."""
+    min_lr: float = 2e-5
+    """Learning rate at the last step (wsd cooldown target / cosine floor)."""
+
+    def __post_init__(self) -> None:
+        _need(self.kind in SCHEDULE_KINDS, f"schedule.kind={self.kind!r}; use one of {SCHEDULE_KINDS}")
+        _need(self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _need(0.0 <= self.decay_fraction <= 1.0,
+              f"schedule.decay_fraction must lie in [0, 1], got {self.decay_fraction}")
+        _need(self.min_lr >= 0, f"schedule.min_lr must be >= 0, got {self.min_lr}")
+
+
+@dataclass
+class TrainingSection:
+    """The loop: length, batch, precision, parallelism, logging and evaluation."""
+
+    steps: int = 1000
+    """Optimizer steps of the run."""
+    micro_batch_size: int = 8
+    """Sequences per rank per forward/backward."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (global batch = micro × accum × world size)."""
+    global_batch_size: int = 0
+    """Sequences per optimizer step; when set, grad_accum_steps is derived as global / (micro × world size)."""
+    seed: int = 0
+    """Seed of the data order and of the t / z draws."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    parallelism: str = "auto"
+    """``auto`` (FSDP2 when world size > 1), ``none``, ``ddp`` or ``fsdp``."""
+    compile: bool = False
+    """``torch.compile`` the model (whole model, or each block under FSDP2)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward (saves memory, costs ~1/3 more compute)."""
+    log_every: int = 10
+    """Write a metrics record every this many steps (and at the last step)."""
+    eval_every: int = 0
+    """Held-out NELBO every this many steps (0 = only at the end)."""
+    eval_batches: int = 8
+    """Global held-out batches per evaluation (fixed data and noise seed, so evaluations are comparable)."""
+    eval_seed: int = 1234
+    """Seed of the held-out noise draws."""
+    output_dir: str = "runs/train"
+    """Run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the export), loss.png."""
+    progress: bool = True
+    """Show a progress bar with tokens/s and ETA (rank 0)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "eval_batches"):
+            _need(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
+        _need(self.global_batch_size >= 0, f"training.global_batch_size must be >= 0 (0 = micro × accum × "
+              f"world), got {self.global_batch_size}")
+        _need(self.eval_every >= 0, f"training.eval_every must be >= 0 (0 = at the end), got {self.eval_every}")
+        _need(self.device in ("auto", "cpu", "cuda"), f"training.device={self.device!r}; use auto, cpu or cuda")
+        _need(self.precision in ("auto", "fp32", "bf16"),
+              f"training.precision={self.precision!r}; use auto, fp32 or bf16")
+        _need(self.parallelism in ("auto", "none", "ddp", "fsdp"),
+              f"training.parallelism={self.parallelism!r}; use auto, none, ddp or fsdp")
+
+
+@dataclass
+class CheckpointSection:
+    """Distributed checkpoints (``torch.distributed.checkpoint``) and the final export."""
+
+    every: int = 1000
+    """Save every this many steps (0 = only at the end)."""
+    keep: int = 2
+    """How many complete checkpoints to keep (oldest are deleted after a newer one is complete)."""
+    export: bool = True
+    """Write the final model in the release layout to ``<output_dir>/model``."""
+
+    def __post_init__(self) -> None:
+        _need(self.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {self.every}")
+        _need(self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; ``sumi train --config`` files mirror these sections."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    noise: NoiseSection = field(default_factory=NoiseSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+
+    def __post_init__(self) -> None:
+        _need(self.schedule.warmup_steps <= self.training.steps or self.schedule.warmup_steps == 0,
+              f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds training.steps={self.training.steps}; "
+              "shorten the warmup or train longer")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["optimizer"]["betas"] = list(self.optimizer.betas)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _build(cls, data, "")
+
+
+# ---------------------------------------------------------------------------------------------- resolution
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML / command-line value to the field's type, or raise a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping with keys {sorted(_fields(tp))}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(tp)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            number = float(value) if tp is float else value
+            if tp is int:
+                if isinstance(value, str):
+                    number = float(value)
+                if float(number) != int(float(number)):
+                    raise ValueError
+                number = int(float(number))
+            return number
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, data: dict[str, Any], prefix: str):
+    known = _fields(cls)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f"section {prefix[:-1]!r}" if prefix else "the run config"
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; valid keys are: "
+                          f"{', '.join(prefix + k for k in known)}")
+    kwargs = {name: _coerce(data[name], tp, prefix + name) for name, tp in known.items() if name in data}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):  # model.overrides merge per field
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"training.steps=200"`` → ``{"training": {"steps": 200}}``; the value is parsed as YAML."""
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. training.steps=200)")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse the value of override {text!r}: {exc}") from exc
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(_fields(RunConfig))})")
+    return data
+
+
+def resolve_run_config(file: str | Path | dict[str, Any] | None = None,
+                       overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults < file (a path or an already-parsed mapping) < ``key.sub=value`` overrides, validated."""
+    merged: dict[str, Any] = {}
+    if file is not None:
+        merged = _deep_merge(merged, file if isinstance(file, dict) else load_yaml(file))
+    for text in overrides:
+        merged = _deep_merge(merged, parse_override(text))
+    return RunConfig.from_dict(merged)

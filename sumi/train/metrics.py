@@ -1,0 +1,94 @@
+"""Training metrics: a JSONL log (one record per line), TensorBoard when installed, a loss-curve PNG.
+
+Records carry ``step`` (1-based count of optimizer steps done) plus scalars: ``loss``, ``elbo`` (nats/token,
+the NELBO integrand for the UDLM or the exact NLL for the AR baseline), ``kl``, ``is``, ``z_loss``, ``lr``,
+``grad_norm``, ``tokens`` (seen so far), ``tokens_per_s``; evaluation records carry ``heldout_nelbo``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TIMING_KEYS = ("tokens_per_s", "elapsed_s")
+"""Fields that depend on wall time (excluded when comparing two runs)."""
+
+
+class MetricsLogger:
+    """Append-only JSONL at ``path`` (rank 0 only), mirrored to TensorBoard if ``tensorboard`` is importable."""
+
+    def __init__(self, path: str | Path, *, enabled: bool = True, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            # Drop records written after the checkpoint we resume from, so the log reads like one run.
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            self.path.write_text("")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self._tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, float) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            step = int(record.get("step", 0))
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
+    """Training loss and held-out NELBO against tokens seen, as a PNG. Returns None without records."""
+    records = read_metrics(metrics_path)
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "heldout_nelbo" in r]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
+    if evals:
+        ax.plot([r["tokens"] for r in evals], [r["heldout_nelbo"] for r in evals], "o-", ms=4,
+                label="held-out NELBO (nats/token)")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("nats / token")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

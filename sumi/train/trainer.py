@@ -1,0 +1,440 @@
+"""The training loop of ``sumi train``: UDLM (GIDD, uniform noise) or the AR baseline, on 1 CPU or N GPUs.
+
+One optimizer step (``sumi-model.md`` §3)::
+
+    for each of grad_accum_steps micro-batches:
+        x  = clean canvases [B_global, S] from the packed loader (the same rows on every rank)
+        t  ~ TimeSampler (per sequence, or per token for a share of sequences)      [B_global, S]
+        z  ~ q(· | x) uniform noise with α = 1 − t                                  [B_global, S]
+        this rank keeps rows [rank·B, (rank+1)·B); loss = model(z, labels=x, t=t).loss / accum; backward
+    clip the global grad norm, AdamW step with lr from the schedule
+
+The data order and every t / z draw are functions of the *global* batch and one CPU generator, so they do not
+depend on the world size: one process with micro-batch 2B equals two with B (tested), and a run can resume on a
+different number of ranks. The AR baseline (``model.causal``) skips the noise: loss = next-token CE.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sumi.diffusion import TimeSampler, alpha_from_time, uniform
+from sumi.errors import ConfigError, SumiError
+from sumi.model import IGNORE_INDEX, SumiForMaskGeneration
+from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng
+from sumi.train.config import RunConfig
+from sumi.train.metrics import MetricsLogger, plot_loss_curve
+from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
+from sumi.train.parallelize import DistEnv, init_distributed, parallelize
+
+logger = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "elbo", "kl", "is", "z_loss")
+"""Scalars averaged over micro-batches and ranks into each metrics record."""
+
+
+class TrainingDivergedError(SumiError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns (on every rank)."""
+
+    steps: int
+    tokens: int
+    final_loss: float
+    heldout_nelbo: float | None
+    output_dir: Path
+    model_dir: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+LoaderFactory = Callable[[str, int, int], Any]
+"""(split, global batch size, seed) → an iterable of LongTensor [batch, seq_len] with state_dict()."""
+
+
+def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) -> LoaderFactory:
+    """Read ``sumi.data.PackedLoader`` shards; every rank reads the whole global batch (rank 0 of 1).
+
+    Train batches are shuffled and endless; held-out batches are read in order, without dropping the last
+    partial batch, and checked by size only (they are re-opened at every evaluation).
+    """
+    from sumi.data import PackedLoader
+
+    def make(split: str, batch_size: int, seed: int):
+        if split == "train":
+            return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=0, world_size=1,
+                                vocab_size=vocab_size)
+        return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=0, world_size=1,
+                            shuffle=False, drop_last=False, verify="size", vocab_size=vocab_size)
+
+    return make
+
+
+SPECIAL_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def model_config_for_shards(cfg: RunConfig):
+    """The model config, with vocab size and special ids taken from the shards' tokenizer unless overridden."""
+    overrides = dict(cfg.model.overrides)
+    if cfg.data.shard_dir and Path(cfg.data.shard_dir, "manifest.json").is_file():
+        from sumi.data import Manifest
+
+        tok = Manifest.load(cfg.data.shard_dir).tokenizer
+        for key in SPECIAL_FIELDS:
+            overrides.setdefault(key, int(tok[key]))
+    return replace(cfg.model, overrides=overrides).build()
+
+
+class Trainer:
+    """Builds model, optimizer, schedule, data and checkpointer from a :class:`RunConfig`, then :meth:`fit`.
+
+    Args:
+        cfg: the resolved run configuration.
+        loader_factory: overrides the packed-shard loader (tests, custom data); see :data:`LoaderFactory`.
+        tokenizer: shipped with the exported model; default: ``data.tokenizer`` or the shard directory's.
+    """
+
+    def __init__(self, cfg: RunConfig, *, loader_factory: LoaderFactory | None = None, tokenizer=None) -> None:
+        self.cfg = cfg
+        self.env: DistEnv = init_distributed(cfg.training.device)
+        self.out_dir = Path(cfg.training.output_dir)
+        if loader_factory is None:
+            if not cfg.data.shard_dir:
+                raise ConfigError("data.shard_dir is required: build shards with `sumi data build` and set "
+                                  "data.shard_dir=<dir> (or data.mixture=<mixture.yaml> to build them first)")
+            self._prepare_shards()
+            self.model_config = model_config_for_shards(cfg)
+            loader_factory = packed_loader_factory(cfg.data.shard_dir, self.model_config.vocab_size)
+        else:
+            self.model_config = cfg.model.build()
+        self.loader_factory = loader_factory
+        self._tokenizer = tokenizer
+
+        tc = cfg.training
+        self.precision = tc.precision if tc.precision != "auto" else (
+            "bf16" if self.env.device.type == "cuda" else "fp32")
+        parallelism = tc.parallelism if tc.parallelism != "auto" else (
+            "fsdp" if self.env.distributed else "none")
+        self.causal = self.model_config.is_causal
+        # Same seed on every rank: identical full weights before FSDP2 shards or DDP broadcasts them.
+        self.model = SumiForMaskGeneration.from_config(self.model_config, seed=cfg.model.init_seed)
+        self.model.set_attn_implementation(cfg.model.attn_implementation)
+        self.model.to(self.env.device)
+        self.module = parallelize(self.model, self.env, parallelism=parallelism, compile=tc.compile,
+                                  activation_checkpointing=tc.activation_checkpointing)
+        self.parallelism = parallelism
+        self.grad_accum_steps = self._grad_accum_steps()
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self.scheduler = LRScheduler(self.optimizer, LRSchedule.from_config(cfg.optimizer, cfg.schedule, tc.steps))
+        self.time_sampler = TimeSampler(cfg.noise.log_snr_min, cfg.noise.log_snr_max, cfg.noise.per_token_fraction)
+        self.noise = uniform(self.model_config.vocab_size)
+        self.global_batch = tc.micro_batch_size * self.env.world_size
+        self.generator = torch.Generator().manual_seed(tc.seed)
+        self.train_loader = self.loader_factory("train", self.global_batch, tc.seed)
+        self._train_iter: Iterator | None = None
+        self.checkpointer = Checkpointer(self.out_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.step = 0
+        self.tokens_seen = 0
+
+    def _grad_accum_steps(self) -> int:
+        tc = self.cfg.training
+        if not tc.global_batch_size:
+            return tc.grad_accum_steps
+        per_micro = tc.micro_batch_size * self.env.world_size
+        if tc.global_batch_size % per_micro:
+            raise ConfigError(f"training.global_batch_size={tc.global_batch_size} is not a multiple of "
+                              f"micro_batch_size × world size = {tc.micro_batch_size} × {self.env.world_size}; "
+                              "change one of them")
+        return tc.global_batch_size // per_micro
+
+    # ------------------------------------------------------------------ data and noise
+    def _prepare_shards(self) -> None:
+        data = self.cfg.data
+        if Path(data.shard_dir).is_dir() or not data.mixture:
+            if not Path(data.shard_dir).is_dir():
+                raise ConfigError(f"data.shard_dir={data.shard_dir!r} does not exist; build it with "
+                                  "`sumi data build` or set data.mixture to build it here")
+            return
+        if self.env.is_main:
+            from sumi.data import MixtureSpec, build_shards
+            from sumi.tokenizer import load_tokenizer
+
+            if not data.tokenizer:
+                raise ConfigError("building shards from data.mixture needs data.tokenizer")
+            spec = (MixtureSpec.from_dict(data.mixture) if isinstance(data.mixture, dict)
+                    else MixtureSpec.from_yaml(data.mixture))
+            build_shards(spec, load_tokenizer(data.tokenizer), data.shard_dir,
+                         seq_len=data.seq_len, heldout_fraction=data.heldout_fraction, seed=self.cfg.training.seed)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _next_batch(self) -> torch.Tensor:
+        if self._train_iter is None:
+            self._train_iter = iter(self.train_loader)
+        try:
+            return next(self._train_iter)
+        except StopIteration:  # an epoch ended: the loader reshuffles on the next pass
+            self._train_iter = iter(self.train_loader)
+            return next(self._train_iter)
+
+    def _local(self, rows: torch.Tensor) -> torch.Tensor:
+        b = self.cfg.training.micro_batch_size
+        return rows[self.env.rank * b:(self.env.rank + 1) * b]
+
+    def make_inputs(self, x: torch.Tensor, generator: torch.Generator, per_token_fraction: float | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(z, t, x) for this rank from a global batch x [B_global, S]; t is None for the AR baseline.
+
+        t and z are drawn for the whole global batch (on CPU, from ``generator``) and then sliced, so each row's
+        noise does not depend on the world size.
+        """
+        x = x.long()
+        # PAD only right-pads a split's last canvas; it is input but never a target.
+        labels = x.masked_fill(x == self.model_config.pad_token_id, IGNORE_INDEX)
+        if self.causal:
+            x_local = self._local(x).to(self.env.device, non_blocking=True)
+            return x_local, None, self._local(labels).to(self.env.device, non_blocking=True)
+        sampler = self.time_sampler if per_token_fraction is None else TimeSampler(
+            self.time_sampler.log_snr_min, self.time_sampler.log_snr_max, per_token_fraction)
+        t = sampler.sample(x.shape[0], x.shape[1], generator=generator)
+        z = self.noise.sample_zt(x, alpha_from_time(t), generator=generator)
+        dev = self.env.device
+        return (self._local(z).to(dev, non_blocking=True), self._local(t).to(dev, non_blocking=True),
+                self._local(labels).to(dev, non_blocking=True))
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _forward(self, z: torch.Tensor, t: torch.Tensor | None, x: torch.Tensor):
+        with self._autocast():
+            return self.module(z, labels=x, t=t, validate=False)
+
+    # ------------------------------------------------------------------ reductions
+    def _all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.env.distributed:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values = values / self.env.world_size
+        return values
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns the record fields (loss, elbo, …, lr, grad_norm)."""
+        self.module.train()
+        lr = self.scheduler.apply()
+        sums = torch.zeros(len(LOSS_KEYS), device=self.env.device)
+        for micro in range(self.grad_accum_steps):
+            z, t, x = self.make_inputs(self._next_batch(), self.generator)
+            last = micro == self.grad_accum_steps - 1
+            sync = nullcontext() if (last or self.parallelism != "ddp") else self.module.no_sync()
+            with sync:
+                out = self._forward(z, t, x)
+                (out.loss / self.grad_accum_steps).backward()
+            metrics = out.metrics
+            sums += torch.stack([out.loss.detach().float()] + [
+                metrics[k].float() if k in metrics else torch.zeros((), device=self.env.device)
+                for k in LOSS_KEYS[1:]])
+        means = self._all_reduce_mean(sums / self.grad_accum_steps).tolist()
+        record = dict(zip(LOSS_KEYS, means))
+        if self.causal:
+            for key in ("kl", "is", "z_loss"):
+                record.pop(key)
+        if not all(math.isfinite(v) for v in record.values()):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"non-finite loss at step {self.step + 1} ({record}); stopping. The last good checkpoint is "
+                f"kept in {self.checkpointer.root} (resume with --resume after lowering optimizer.lr or "
+                "checking the data)")
+        grad_norm = self._clip_grad_norm(self.cfg.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += self.global_batch * self.grad_accum_steps * x.shape[1]
+        record.update(lr=lr, grad_norm=grad_norm)
+        return record
+
+    def _clip_grad_norm(self, max_norm: float) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        if hasattr(norm, "full_tensor"):  # FSDP2: the norm is a DTensor
+            norm = norm.full_tensor()
+        return float(norm)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Held-out NELBO (UDLM; nats/token) or exact NLL (AR): token-weighted mean of the ``elbo`` metric.
+
+        Fixed held-out batches and a fixed noise seed, so every evaluation of a run sees the same z and t; t is
+        one per sequence (the NELBO of a sequence is an expectation over one shared noise level).
+        """
+        tc = self.cfg.training
+        self.module.eval()
+        loader = iter(self.loader_factory("heldout", self.global_batch, tc.eval_seed))
+        generator = torch.Generator().manual_seed(tc.eval_seed)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.env.device)
+        num_batches = min(tc.eval_batches, getattr(loader, "steps_per_epoch", tc.eval_batches))
+        for _ in range(num_batches):
+            batch = next(loader)
+            z, t, x = self.make_inputs(batch, generator, per_token_fraction=0.0)
+            out = self._forward(z, t, x)
+            tokens = out.metrics["tokens"].double()
+            totals += torch.stack([out.metrics["elbo"].double() * tokens, tokens])
+        if self.env.distributed:
+            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        self.module.train()
+        elbo_sum, tokens = totals.tolist()
+        if tokens == 0:
+            raise ConfigError("the held-out split is empty; rebuild the shards with heldout_fraction > 0")
+        return elbo_sum / tokens
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainer_state(self) -> dict[str, Any]:
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "scheduler": self.scheduler.state_dict(),
+                 "loader": self.train_loader.state_dict(), "noise_rng": encode_rng(self.generator.get_state()),
+                 "torch_rng": encode_rng(torch.get_rng_state()), "world_size": self.env.world_size}
+        if torch.cuda.is_available() and self.env.device.type == "cuda":
+            state["cuda_rng"] = encode_rng(torch.cuda.get_rng_state(self.env.device))
+        return state
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_loader.load_state_dict(state["loader"])
+        self._train_iter = None
+        self.generator.set_state(decode_rng(state["noise_rng"]))
+        torch.set_rng_state(decode_rng(state["torch_rng"]))
+        if "cuda_rng" in state and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(decode_rng(state["cuda_rng"]), self.env.device)
+
+    def save_checkpoint(self) -> Path:
+        return self.checkpointer.save(self.step, self.module, self.optimizer, self.trainer_state(),
+                                      self.cfg.to_yaml())
+
+    def resume(self, path: str | Path | bool = True) -> bool:
+        """Restore from ``path`` (a step directory) or, with ``True``, the newest complete checkpoint."""
+        if path is True:
+            target = self.checkpointer.latest()
+            if target is None:
+                logger.info("no checkpoint under %s; starting from scratch", self.checkpointer.root)
+                return False
+        else:
+            target = Path(path)
+            if (target / "latest").is_file() or target.name == "checkpoints":
+                target = Checkpointer(target).latest() or target
+        self.load_trainer_state(self.checkpointer.load(target, self.module, self.optimizer))
+        return True
+
+    # ------------------------------------------------------------------ export
+    def export(self, directory: str | Path) -> Path | None:
+        """Collective: gather full weights and write the release layout (+ tokenizer) on rank 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        directory = Path(directory)
+        if self.env.is_main:
+            with torch.device("meta"):
+                plain = SumiForMaskGeneration(self.model_config)
+            plain.load_state_dict(full, strict=True, assign=True)
+            plain.save_pretrained(directory)
+            tokenizer = self.tokenizer()
+            if tokenizer is not None:
+                tokenizer.save_pretrained(directory)
+            else:
+                logger.warning("no tokenizer known; %s has weights and config only", directory)
+        if dist.is_initialized():
+            dist.barrier()
+        return directory
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from sumi.tokenizer import load_tokenizer
+
+            source = self.cfg.data.tokenizer or (self.cfg.data.shard_dir if self.cfg.data.shard_dir else "")
+            if source and (Path(source) / "tokenizer.json").is_file() or source == "sumi" or (
+                    source and Path(source).is_file()):
+                self._tokenizer = load_tokenizer(source)
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: str | Path | bool = False) -> TrainResult:
+        """Train to ``training.steps``, evaluating, logging and checkpointing on the way; export at the end."""
+        tc, ck = self.cfg.training, self.cfg.checkpoint
+        resumed = bool(resume) and self.resume(resume)
+        main = self.env.is_main
+        if main:
+            self.cfg.save(self.out_dir / "config.yaml")
+        log = MetricsLogger(self.out_dir / "metrics.jsonl", enabled=main,
+                            resume_step=self.step if resumed else None)
+        history: list[dict[str, Any]] = []
+        bar = None
+        if main and tc.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        start, start_tokens, last_record = time.perf_counter(), self.tokens_seen, {}
+        heldout = None
+        try:
+            while self.step < tc.steps:
+                record = self.train_step()
+                last_record = record
+                done = self.step == tc.steps
+                if self.step % tc.log_every == 0 or done:
+                    elapsed = time.perf_counter() - start
+                    entry = {"step": self.step, **record, "tokens": self.tokens_seen,
+                             "tokens_per_s": (self.tokens_seen - start_tokens) / max(elapsed, 1e-9),
+                             "elapsed_s": elapsed}
+                    log.log(entry)
+                    history.append(entry)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:.0f}")
+                if (tc.eval_every and self.step % tc.eval_every == 0) or done:
+                    heldout = self.evaluate()
+                    entry = {"step": self.step, "tokens": self.tokens_seen, "heldout_nelbo": heldout}
+                    log.log(entry)
+                    history.append(entry)
+                    logger.info("step %d: held-out %s %.4f nats/token", self.step,
+                                "NLL" if self.causal else "NELBO", heldout)
+                if (ck.every and self.step % ck.every == 0) or done:
+                    self.save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+        model_dir = None
+        if ck.export:
+            model_dir = self.export(self.out_dir / "model")
+        if main:
+            plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
+        return TrainResult(steps=self.step, tokens=self.tokens_seen, final_loss=last_record.get("loss", math.nan),
+                           heldout_nelbo=heldout, output_dir=self.out_dir, model_dir=model_dir, history=history)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(cfg: RunConfig, *, resume: str | Path | bool = False, **kwargs) -> TrainResult:
+    """Build a :class:`Trainer`, fit, and tear down the process group."""
+    trainer = Trainer(cfg, **kwargs)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        trainer.close()
