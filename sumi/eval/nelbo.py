@@ -269,7 +269,7 @@ def rolling_windows(ids: Sequence[int], length: int, *, context: int = 0,
 
 
 # ============================================================================================ model I/O
-def resolve_model(model, tokenizer=None, *, device=None):
+def resolve_model(model, tokenizer=None, *, device=None, dtype=None):
     """(model, tokenizer) from objects or a model directory; a non-sumi directory raises CheckpointError."""
     from pathlib import Path
 
@@ -282,7 +282,7 @@ def resolve_model(model, tokenizer=None, *, device=None):
                 f"{path} is not a sumi model directory (it needs config.json and model.safetensors or a "
                 "sharded index); pass the folder written by save_pretrained / `sumi train`"
             )
-        loaded = load_model(path, device=device)
+        loaded = load_model(path, device=device, dtype=dtype)
         if tokenizer is None:
             if not (path / "tokenizer.json").is_file():
                 raise CheckpointError(f"{path} holds no tokenizer.json; pass a tokenizer explicitly")
@@ -442,6 +442,32 @@ def _score_batch(model, chunk, cache, sums, config: NelboConfig, device) -> None
     per_row = (terms.elbo.double() * valid).sum(1).cpu()
     for b, (i, r) in enumerate(chunk):
         sums[i][r] = per_row[b]
+
+
+@torch.inference_mode()
+def argmax_reproduces(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], length: int, *,
+                      seed: int = 0, batch_size: int = 32) -> list[bool]:
+    """Per request: does the argmax of one forward on the clean canvas [prompt | scored | random tail]
+    equal the scored ids at every scored position? (lm-eval's ``is_greedy`` for a denoiser.)"""
+    vocab = int(model.config.vocab_size)
+    device = model_device(model)
+    mixing = uniform(vocab)
+    out: list[bool] = []
+    for start in range(0, len(requests), batch_size):
+        chunk = [(list(p), list(c)) for p, c in requests[start:start + batch_size]]
+        rows, spans = [], []
+        for p, c in chunk:
+            gen = torch.Generator().manual_seed(request_seed(seed, p, c) ^ 1)
+            tail = mixing.sample(torch.zeros(length - len(p) - len(c)), generator=gen)
+            rows.append(torch.cat([torch.tensor(p + c, dtype=torch.long), tail]))
+            spans.append((len(p), len(c)))
+        width = max(c for _, c in spans)
+        offsets = torch.arange(width)
+        positions = torch.stack([torch.clamp(p + offsets, max=p + c - 1) for p, c in spans])
+        argmax = logits_at(model, torch.stack(rows).to(device), positions.to(device)).argmax(-1).cpu()
+        for b, (_, c) in enumerate(spans):
+            out.append(bool((argmax[b, :c] == torch.tensor(chunk[b][1])).all()))
+    return out
 
 
 # ============================================================================================ public API
