@@ -210,6 +210,8 @@ def generate(
                                   callback=callback, return_trajectory=return_trajectory),
         )
     config = model.config
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     steps = max_new_tokens if num_denoising_steps is None else num_denoising_steps
     check_options(sampler=sampler, schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p,
                   tokens_per_step=tokens_per_step, num_denoising_steps=steps, min_log_snr=min_log_snr,

@@ -110,5 +110,6 @@ def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None = None
     """Draws from softmax(logits) for every row at once, [..., V] → [...] (Gumbel-max; many rows)."""
     u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
     tiny = torch.finfo(logits.dtype).tiny
-    gumbel = -torch.log(-torch.log(u.clamp_(min=tiny)).clamp_(min=tiny))
+    exponential = (-torch.log(u.clamp_(min=tiny))).clamp_(min=tiny)  # E ~ Exp(1), never 0
+    gumbel = -torch.log(exponential)
     return (logits + gumbel).argmax(-1)
