@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 ACCEPTS_EXTRA_ARGS = True
 
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"unrecognised argument(s) {bad}; overrides look like section.key=value")
     cfg = resolve_run_config(args.config, overrides)
+    if int(os.environ.get("RANK", "0")) != 0:  # one voice per job: only rank 0 logs progress
+        logging.getLogger("sumi").setLevel(logging.WARNING)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
