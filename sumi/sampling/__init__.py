@@ -20,9 +20,10 @@ from sumi.sampling.generate import (
 from sumi.sampling.long import generate_long
 from sumi.sampling.posterior import posterior_probs, uniform_posterior_weights
 from sumi.sampling.schedule import SCHEDULES, step_log_snrs
+from sumi.sampling.self_correct import SelfCorrectionStats, self_correct
 
 __all__ = [
     "SAMPLERS", "SCHEDULES", "CanvasPlan", "GenerationOutput", "StepInfo", "Trajectory", "TrajectoryFrame",
     "cut_at_stop", "generate", "generate_long", "generate_text", "plan_canvas", "posterior_probs",
-    "step_log_snrs", "uniform_posterior_weights",
+    "SelfCorrectionStats", "self_correct", "step_log_snrs", "uniform_posterior_weights",
 ]

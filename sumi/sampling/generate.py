@@ -52,6 +52,9 @@ class StepInfo:
     """Forward calls so far."""
     reused_logits: bool
     """True when no row needed a new forward pass for this step."""
+    prompt_lengths: list[int] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
+    """New-token budget per row (the anchor, if any, follows it)."""
 
 
 @dataclass
@@ -92,6 +95,8 @@ class GenerationOutput:
     budgets: list[int] = field(default_factory=list)
     """New-token budget per row (the anchor sits right after it)."""
     trajectory: Trajectory | None = None
+    frozen_mask: torch.Tensor | None = None
+    """[B, C] positions that were held fixed (prompt, anchor, ``frozen``, after ``denoise_end``)."""
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -279,7 +284,8 @@ def generate(
                 argmax_prob = torch.exp(top_logit - log_norm)
             else:
                 argmax_prob, argmax = probs.max(-1)
-            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, argmax, argmax_prob, committed, changed, nfe, reused)
+            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, argmax, argmax_prob, committed, changed, nfe, reused,
+                            plan.prompt_lengths, plan.budgets)
             if trajectory is not None:
                 trajectory.frames.append(TrajectoryFrame(k, log_snr_t, log_snr_s, new.cpu(), committed.cpu(),
                                                          argmax_prob.cpu()))
@@ -299,7 +305,8 @@ def generate(
         progress.close()
     sequences = trim(canvas, plan.prompt_lengths, plan.budgets, config.eos_token_id, trim_at_eos)
     return GenerationOutput(sequences=sequences, canvas=canvas, prompt_lengths=plan.prompt_lengths,
-                            steps_run=steps_run, nfe=nfe, budgets=plan.budgets, trajectory=trajectory)
+                            steps_run=steps_run, nfe=nfe, budgets=plan.budgets, trajectory=trajectory,
+                            frozen_mask=plan.frozen_mask)
 
 
 def _reject_for_sliding(**options) -> dict:

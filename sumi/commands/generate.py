@@ -1,0 +1,167 @@
+"""``sumi generate --model DIR --prompt TEXT``: sample continuations, optionally watching the canvas settle.
+
+Wires the model directory (weights + tokenizer files), the sampler options of :func:`sumi.sampling.generate`,
+and the views of :mod:`sumi.sampling.visual` (``--show``, ``--trajectory out.html``, ``--gif out.gif``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from sumi.errors import InputError
+from sumi.sampling.canvas import SAMPLERS
+from sumi.sampling.schedule import SCHEDULES
+
+logger = logging.getLogger(__name__)
+
+
+def _frozen_pair(text: str) -> tuple[int, int]:
+    try:
+        pos, tok = text.split("=")
+        return int(pos), int(tok)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--freeze takes POSITION=TOKEN_ID, got {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory (config, weights and tokenizer files)")
+    src = parser.add_argument_group("prompts (one sample per prompt; none = one unconditional sample)")
+    src.add_argument("--prompt", action="append", default=[], help="a prompt text (repeatable)")
+    src.add_argument("--prompt-file", action="append", default=[], type=Path,
+                     help="a file whose whole content is one prompt (repeatable)")
+    src.add_argument("--no-bos", action="store_true", help="do not prepend BOS to the prompts")
+    smp = parser.add_argument_group("sampler")
+    smp.add_argument("--max-new-tokens", type=int, default=128)
+    smp.add_argument("--steps", "--num-denoising-steps", dest="num_denoising_steps", type=int, default=None,
+                     help="denoising steps (default: max-new-tokens)")
+    smp.add_argument("--sampler", choices=SAMPLERS, default="adaptive")
+    smp.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    smp.add_argument("--min-log-snr", type=float, default=-9.0)
+    smp.add_argument("--max-log-snr", type=float, default=9.0)
+    smp.add_argument("--temperature", type=float, default=1.0, help="0 = argmax")
+    smp.add_argument("--top-k", type=int, default=None)
+    smp.add_argument("--top-p", type=float, default=None)
+    smp.add_argument("--tokens-per-step", type=int, default=1)
+    smp.add_argument("--canvas-length", type=int, default=None, help="default 2048, capped at max positions")
+    smp.add_argument("--no-anchor", dest="anchor_eosbos", action="store_false", help="do not freeze EOS, BOS")
+    smp.add_argument("--freeze", action="append", default=[], type=_frozen_pair, metavar="POS=ID",
+                     help="freeze canvas position POS to token ID in every row (repeatable)")
+    smp.add_argument("--denoise-end", type=int, default=None, help="positions from here keep their start value")
+    smp.add_argument("--no-trim", dest="trim_at_eos", action="store_false", help="do not cut at the first EOS")
+    smp.add_argument("--no-early-stop", dest="early_stop", action="store_false")
+    smp.add_argument("--sliding", action="store_true", help="allow outputs longer than the canvas")
+    smp.add_argument("--context-length", type=int, default=None, help="prompt tokens kept per sliding window")
+    smp.add_argument("--stop", action="append", default=None, help="cut the text at this string (repeatable)")
+    smp.add_argument("--self-correct", type=int, default=0, metavar="STEPS",
+                     help="refine the result with this many self-correction steps")
+    smp.add_argument("--seed", type=int, default=None)
+    run = parser.add_argument_group("output and device")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--show", action="store_true", help="live terminal view of the canvas settling")
+    run.add_argument("--trajectory", type=Path, default=None, help="write an HTML replay of the denoising")
+    run.add_argument("--gif", type=Path, default=None, help="write an animated GIF of the denoising")
+    run.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
+
+
+def _read_prompts(args) -> list[str] | None:
+    prompts = list(args.prompt)
+    for path in args.prompt_file:
+        if not path.is_file():
+            raise InputError(f"--prompt-file {path} does not exist")
+        prompts.append(path.read_text(encoding="utf-8"))
+    return prompts or None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sumi.checkpoint import load_model
+    from sumi.sampling import cut_at_stop, generate
+    from sumi.sampling.self_correct import self_correct
+    from sumi.sampling.visual import LiveView, write_trajectory_gif, write_trajectory_html
+    from sumi.tokenizer import load_tokenizer
+
+    wants_view = args.show or args.trajectory is not None or args.gif is not None
+    if args.sliding and wants_view:
+        raise InputError("--show/--trajectory/--gif follow one canvas; drop --sliding or the views")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=args.device).eval()
+    texts = _read_prompts(args)
+    ids = None if texts is None else [tokenizer.encode(t, add_bos=not args.no_bos) for t in texts]
+    batch = 1 if ids is None else len(ids)
+    options = dict(
+        max_new_tokens=args.max_new_tokens, num_denoising_steps=args.num_denoising_steps, sampler=args.sampler,
+        schedule=args.schedule, min_log_snr=args.min_log_snr, max_log_snr=args.max_log_snr,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, tokens_per_step=args.tokens_per_step,
+        canvas_length=args.canvas_length, anchor_eosbos=args.anchor_eosbos, trim_at_eos=args.trim_at_eos,
+        seed=args.seed, early_stop=args.early_stop,
+    )
+    extra = dict(frozen=[list(args.freeze)] * batch if args.freeze else None, denoise_end=args.denoise_end)
+    if args.sliding:
+        extra = dict(sliding=True, context_length=args.context_length)
+        if args.freeze or args.denoise_end is not None:
+            raise InputError("--freeze/--denoise-end cannot be combined with --sliding")
+    start = time.perf_counter()
+    if args.show:
+        with LiveView(tokenizer) as view:
+            out = generate(model, ids, callback=view.update, return_trajectory=wants_view, show_progress=args.progress,
+                           **options, **extra)
+    else:
+        out = generate(model, ids, return_trajectory=wants_view, show_progress=args.progress, **options, **extra)
+    corrections = None
+    if args.self_correct:
+        canvas, corrections = self_correct(model, out.canvas, frozen_mask=_frozen_for_correction(out),
+                                           steps=args.self_correct, seed=args.seed)
+        out.canvas = canvas
+        from sumi.sampling.generate import trim
+
+        out.sequences = trim(canvas, out.prompt_lengths, out.budgets, model.config.eos_token_id, args.trim_at_eos)
+    seconds = time.perf_counter() - start
+    outputs = [cut_at_stop(tokenizer.decode(seq, skip_special_tokens=True), args.stop) for seq in out.sequences]
+    eos = model.config.eos_token_id
+    if args.trajectory is not None:
+        meta = f"{args.model} · {args.sampler} · T={args.temperature} · {out.steps_run} steps · {out.nfe} forwards"
+        write_trajectory_html(args.trajectory, out.trajectory, tokenizer, meta=meta, eos_id=eos)
+        logger.info("wrote %s", args.trajectory)
+    if args.gif is not None:
+        write_trajectory_gif(args.gif, out.trajectory, tokenizer)
+        logger.info("wrote %s", args.gif)
+    new_tokens = sum(len(s) for s in out.sequences)
+    if args.json:
+        record = {
+            "model": str(args.model),
+            "samples": [{"prompt": (texts[i] if texts else None), "text": outputs[i], "token_ids": out.sequences[i],
+                         "num_tokens": len(out.sequences[i])} for i in range(len(outputs))],
+            "steps_run": out.steps_run, "nfe": out.nfe, "seconds": round(seconds, 4),
+            "new_tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else None,
+            "options": {k: v for k, v in options.items()},
+        }
+        if corrections is not None:
+            record["self_correction"] = corrections.__dict__
+        print(json.dumps(record, ensure_ascii=False))
+        return 0
+    for i, text in enumerate(outputs):
+        if len(outputs) > 1:
+            print(f"--- sample {i} ---")
+        print((texts[i] if texts else "") + text)
+    logger.info("%d new tokens in %.2fs (%d steps, %d forwards)", new_tokens, seconds, out.steps_run, out.nfe)
+    return 0
+
+
+def _frozen_for_correction(out):
+    """Self-correction may change only the free positions of the generated budget."""
+    import torch
+
+    frozen = torch.ones_like(out.canvas, dtype=torch.bool)
+    for b, (p, budget) in enumerate(zip(out.prompt_lengths, out.budgets)):
+        frozen[b, p:p + budget] = False
+    if out.frozen_mask is not None:
+        frozen |= out.frozen_mask
+    return frozen
