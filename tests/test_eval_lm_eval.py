@@ -109,3 +109,13 @@ def test_lm_eval_argv_and_bad_model_args(tmp_path, tiny_model_dir):
         SumiLM(pretrained=str(tiny_model_dir), num_stepz=3)
     with pytest.raises(ConfigError, match="num_timesteps"):
         SumiLM(pretrained=str(tiny_model_dir), num_timesteps=0)
+
+
+@pytest.mark.parametrize("order", ["sumi first", "lm_eval first"])
+def test_import_sumi_registers_lazily(order):
+    imports = "import sumi; import lm_eval.api.registry as r" if order == "sumi first" else \
+        "import lm_eval.api.registry as r; import sumi"
+    code = (f"{imports}; import sys; "
+            "print('sumi' in r.model_registry, 'hf' in r.model_registry, 'sumi.eval.lm_eval_backend' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
