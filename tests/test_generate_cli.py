@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import io
 import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
+import torch
 
 from sumi.cli import main
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tiny model runs fastest on one thread (see tests/test_sampling.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -60,18 +71,16 @@ def test_bad_options_exit_2(tiny_model_dir, capsys):
 
 @pytest.fixture(scope="module")
 def replay(tiny_model_dir, tmp_path_factory):
-    """An HTML replay and a GIF of one greedy run, plus its JSON record."""
+    """An HTML replay and a GIF of one adaptive T=0 run, plus its JSON record."""
     directory = tmp_path_factory.mktemp("replay")
     page, gif = directory / "run.html", directory / "run.gif"
-    out = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from sumi.cli import main; sys.exit(main(sys.argv[1:]))", "generate", "--model",
-         str(tiny_model_dir), "--prompt", "In the beginning God", "--max-new-tokens", "12", "--canvas-length", "40",
-         "--sampler", "adaptive", "--temperature", "0", "--steps", "12", "--json", "--trajectory", str(page),
-         "--gif", str(gif), "--seed", "3"],
-        capture_output=True, text=True, check=True
-    )
-    return page, gif, json.loads(out.stdout)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["generate", "--model", str(tiny_model_dir), "--prompt", "In the beginning God",
+                     "--max-new-tokens", "12", "--canvas-length", "40", "--sampler", "adaptive", "--temperature", "0",
+                     "--steps", "12", "--json", "--trajectory", str(page), "--gif", str(gif), "--seed", "3"])
+    assert code == 0
+    return page, gif, json.loads(stdout.getvalue())
 
 
 def test_trajectory_html_embeds_final_text(replay, tiny_tokenizer):
