@@ -1,0 +1,207 @@
+"""The FastAPI application: OpenAI-compatible ``/v1/completions``, ``/v1/models`` and ``/health``.
+
+Every failure is answered with an OpenAI-style error body ``{"error": {"message", "type", "param", "code"}}``:
+400 malformed JSON or a bad field, 401 a missing/wrong API key, 404 an unknown model or route, 413 a body over
+``max_request_bytes``, 503 a full queue, 500 anything unexpected (logged; the server keeps running).
+
+Streaming (``"stream": true``) sends server-sent events: one chunk per denoising step whose choices carry
+``text: ""`` (so clients that concatenate ``text`` get exactly the final completion) plus the current canvas
+text in ``canvas`` and the step in ``step`` / ``num_steps``; then one chunk per choice with the final ``text``
+and ``finish_reason``; an optional usage chunk; and ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sumi.serve.engine import END_OF_STREAM, Choice, Engine, Job
+from sumi.serve.protocol import (
+    APIError,
+    Limits,
+    completion_body,
+    completion_id,
+    now,
+    parse_completion_request,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    """Server settings (``sumi serve`` flags)."""
+
+    model_id: str = "sumi"
+    """Name reported by /v1/models and required (when given) in requests' ``model``."""
+    api_key: str | None = None
+    """When set, /v1/* requires ``Authorization: Bearer <api_key>``."""
+    max_request_bytes: int = 1 << 20
+    """Largest accepted request body (413 above)."""
+    batch_window_ms: float = 5.0
+    """How long the batcher waits after a request for others to batch with it."""
+    max_batch_rows: int = 32
+    """Most sequences in one sampler call."""
+    max_queue: int = 256
+    """Most queued requests before answering 503."""
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        from sumi.errors import ConfigError
+
+        if self.max_request_bytes < 64:
+            raise ConfigError("max_request_bytes must be at least 64")
+        if self.batch_window_ms < 0:
+            raise ConfigError("batch_window_ms must be >= 0")
+        if self.max_batch_rows < 1 or self.max_queue < 1:
+            raise ConfigError("max_batch_rows and max_queue must be >= 1")
+        if self.api_key is not None and not self.api_key:
+            raise ConfigError("api_key must not be empty (omit it to disable authentication)")
+
+
+def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
+    """An app serving ``model`` (a sumi model in eval mode) with ``tokenizer`` (:class:`SumiTokenizer`)."""
+    config = config or ServeConfig()
+    engine = Engine(model, tokenizer, batch_window_ms=config.batch_window_ms, max_batch_rows=config.max_batch_rows,
+                    max_queue=config.max_queue)
+    created = now()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="sumi", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.config = config
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", type="server_error").body(),
+                            status_code=500)
+
+    def authorize(request: Request) -> None:
+        if config.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), config.api_key.encode()):
+            raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    async def read_json(request: Request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
+            raise APIError(413, f"request body of {length} bytes exceeds the limit of {config.max_request_bytes}",
+                           code="request_too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_request_bytes:
+                raise APIError(413, f"request body exceeds the limit of {config.max_request_bytes} bytes",
+                               code="request_too_large")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": config.model_id, "queued": engine.pending, "in_flight": engine.in_flight,
+                "batches_run": engine.batches_run, "sequences_run": engine.rows_run}
+
+    def model_card() -> dict:
+        return {"id": config.model_id, "object": "model", "created": created, "owned_by": "sumi"}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        authorize(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> dict:
+        authorize(request)
+        if model_id != config.model_id:
+            raise APIError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        body = await read_json(request)
+        parsed = parse_completion_request(body, model_id=config.model_id, vocab_size=model.config.vocab_size,
+                                          limits=config.limits)
+        job = engine.submit(parsed)
+        cid, created_at = completion_id(), now()
+        if parsed.stream:
+            return StreamingResponse(_events(job, cid, created_at, config.model_id), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        choices: list[Choice] = await job.future
+        return completion_body(cid, created_at, config.model_id, [_choice_dict(c) for c in choices],
+                               _usage(job, choices))
+
+    return app
+
+
+def _choice_dict(choice: Choice) -> dict:
+    return {"text": choice.text, "index": choice.index, "logprobs": None, "finish_reason": choice.finish_reason}
+
+
+def _usage(job: Job, choices: list[Choice]) -> dict:
+    completion = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": job.prompt_tokens + completion}
+
+
+def _sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+async def _events(job: Job, cid: str, created: int, model_id: str) -> AsyncIterator[str]:
+    """Server-sent events of one streamed job (see the module docstring for the chunk shapes)."""
+    assert job.events is not None
+    try:
+        while True:
+            event = await job.events.get()
+            if event is END_OF_STREAM:
+                break
+            if isinstance(event, APIError):
+                yield _sse(event.body())
+                continue
+            if isinstance(event, list):  # the final choices
+                for choice in event:
+                    yield _sse(completion_body(cid, created, model_id, [_choice_dict(choice)], None))
+                if job.request.include_usage:
+                    yield _sse(completion_body(cid, created, model_id, [], _usage(job, event)))
+                continue
+            choices = [{"text": "", "index": i, "logprobs": None, "finish_reason": None, "canvas": text,
+                        "step": event["step"], "num_steps": event["num_steps"]}
+                       for i, text in enumerate(event["texts"])]
+            yield _sse(completion_body(cid, created, model_id, choices, None))
+        yield _sse("[DONE]")
+    finally:
+        if job.future.done() and not job.future.cancelled():
+            job.future.exception()  # mark an error as retrieved (it was sent as an event)

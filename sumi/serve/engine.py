@@ -1,0 +1,257 @@
+"""The generation engine behind the server: a batching queue in front of one model worker thread.
+
+Requests become :class:`Job` s on an asyncio queue. The batcher (a task on the event loop) takes the first job,
+waits ``batch_window`` for company, drains whatever else is queued, groups jobs with equal
+:class:`~sumi.serve.protocol.SamplerOptions` into batches of at most ``max_batch_rows`` sequences, and runs each
+batch as ONE :func:`sumi.sampling.generate` call in a single worker thread. The event loop never runs the model,
+so ``/health`` and new requests are answered while a batch denoises. Jobs that arrive while a batch runs are
+picked up together by the next drain (the queue is the batching window under load).
+
+A request with a ``seed`` is never batched with others: its rows, and therefore its text, are then the same on
+every run. If a batch fails on input (a prompt too long for the canvas), its jobs are retried one by one so only
+the offending request gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sumi.errors import InputError
+from sumi.serve.protocol import APIError, CompletionRequest
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+"""Sentinel closing a job's event stream."""
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass
+class Job:
+    """One request in flight. ``rows`` are the prompt ids, each repeated ``n`` times (choice order)."""
+
+    request: CompletionRequest
+    rows: list[list[int]]
+    future: asyncio.Future
+    events: asyncio.Queue | None = None
+    prompt_tokens: int = 0
+    key: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        options = self.request.options
+        self.key = options if options.seed is None else (options, id(self))
+
+
+class Engine:
+    """Owns the model, the tokenizer, the queue and the worker thread. Start/stop inside a running loop."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_window_ms: float = 5.0,
+                 max_batch_rows: int = 32, max_queue: int = 256) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_window = batch_window_ms / 1000.0
+        self.max_batch_rows = max_batch_rows
+        self.max_queue = max_queue
+        self.batches_run = 0
+        self.rows_run = 0
+        self.in_flight = 0
+        """Jobs submitted and not yet answered (queued or running)."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sumi-model")
+        self._queue: asyncio.Queue[Job] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._batcher(), name="sumi-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    # ------------------------------------------------------------------ submission (event loop)
+    def submit(self, request: CompletionRequest) -> Job:
+        """Encode the prompts and queue a job; raises :class:`APIError` (503) when the queue is full."""
+        if self._queue is None or self._loop is None:
+            raise APIError(503, "the engine is not running", type="server_error")
+        if self._queue.qsize() >= self.max_queue:
+            raise APIError(503, f"server busy: {self.max_queue} requests are already queued; retry later",
+                           type="server_error", code="overloaded")
+        prompts = [self.tokenizer.encode(p, add_bos=True) if isinstance(p, str) else list(p)
+                   for p in request.prompts]
+        self._check_lengths(prompts, request)
+        rows = [p for p in prompts for _ in range(request.n)]
+        job = Job(request=request, rows=rows, future=self._loop.create_future(),
+                  events=asyncio.Queue() if request.stream else None,
+                  prompt_tokens=sum(len(p) for p in prompts))
+        self._queue.put_nowait(job)
+        self.in_flight += 1
+        job.future.add_done_callback(self._done)
+        return job
+
+    def _done(self, _future: asyncio.Future) -> None:
+        self.in_flight -= 1
+
+    def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest) -> None:
+        from sumi.sampling.canvas import DEFAULT_CANVAS_LENGTH
+
+        config = self.model.config
+        canvas = min(request.options.canvas_length or DEFAULT_CANVAS_LENGTH, config.max_position_embeddings)
+        room = canvas - (2 if request.options.anchor_eosbos else 0) - 1  # at least one new token
+        longest = max(len(p) for p in prompts)
+        if longest > room:
+            raise APIError(400, f"the prompt has {longest} tokens but the canvas holds {canvas} positions "
+                                f"(at most {room} prompt tokens); shorten the prompt or raise canvas_length "
+                                f"(max {config.max_position_embeddings})", param="prompt",
+                           code="context_length_exceeded")
+
+    # ------------------------------------------------------------------ batching (event loop)
+    async def _batcher(self) -> None:
+        assert self._queue is not None and self._loop is not None
+        while True:
+            first = await self._queue.get()
+            if self.batch_window > 0:
+                await asyncio.sleep(self.batch_window)
+            jobs = [first]
+            while not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            for batch in self._group(jobs):
+                try:
+                    await self._loop.run_in_executor(self._executor, self._run_batch, batch)
+                except Exception as exc:  # never let the batcher die: fail the batch's jobs instead
+                    logger.exception("batch failed")
+                    for job in batch:
+                        self._fail(job, APIError(500, f"generation failed: {exc}", type="server_error"))
+
+    def _group(self, jobs: list[Job]) -> list[list[Job]]:
+        groups: dict[Any, list[list[Job]]] = {}
+        for job in jobs:
+            chunks = groups.setdefault(job.key, [[]])
+            if chunks[-1] and sum(len(j.rows) for j in chunks[-1]) + len(job.rows) > self.max_batch_rows:
+                chunks.append([])
+            chunks[-1].append(job)
+        return [chunk for chunks in groups.values() for chunk in chunks]
+
+    # ------------------------------------------------------------------ the model (worker thread)
+    def _run_batch(self, jobs: list[Job]) -> None:
+        from sumi.sampling import generate
+
+        rows = [row for job in jobs for row in job.rows]
+        options = jobs[0].request.options
+        streaming = [job for job in jobs if job.events is not None]
+        callback = self._stream_callback(jobs, options) if streaming else None
+        try:
+            out = generate(self.model, rows, callback=callback, **options.generate_kwargs())
+        except InputError as exc:
+            if len(jobs) > 1:  # find the offending request: the others still succeed
+                for job in jobs:
+                    self._run_batch([job])
+                return
+            self._fail(jobs[0], APIError(400, str(exc)))
+            return
+        self.batches_run += 1
+        self.rows_run += len(rows)
+        start = 0
+        for job in jobs:
+            choices = []
+            for i in range(len(job.rows)):
+                r = start + i
+                choices.append(self._choice(i, out.sequences[r], out.budgets[r], job.request.stop))
+            start += len(job.rows)
+            self._finish(job, choices)
+
+    def _choice(self, index: int, sequence: list[int], budget: int, stop: list[str]) -> Choice:
+        from sumi.sampling import cut_at_stop
+
+        text = self._decode(sequence)
+        finish = "stop" if len(sequence) < budget else "length"  # shorter = cut at the model's EOS
+        cut = cut_at_stop(text, stop)
+        if cut != text:
+            text, finish = cut, "stop"
+        return Choice(index=index, text=text, finish_reason=finish, completion_tokens=len(sequence))
+
+    def _decode(self, ids: list[int]) -> str:
+        size = len(self.tokenizer)
+        return self.tokenizer.decode([i for i in ids if i < size], skip_special_tokens=True)
+
+    def _stream_callback(self, jobs: list[Job], options) -> Callable:
+        """Per step: the current text of every streamed row (its budget region, cut at EOS) as an event."""
+        eos = self.model.config.eos_token_id
+        spans = []
+        start = 0
+        for job in jobs:
+            if job.events is not None:
+                spans.append((job, start))
+            start += len(job.rows)
+
+        def callback(info) -> None:
+            canvas_len = info.canvas.shape[1]
+            snapshot = info.canvas.tolist()
+            for job, first in spans:
+                texts = []
+                for i, prompt in enumerate(job.rows):
+                    p = len(prompt)
+                    budget = max(1, min(options.max_tokens, canvas_len - p - 2)) if options.anchor_eosbos \
+                        else options.max_tokens
+                    new = snapshot[first + i][p:p + budget]
+                    texts.append(self._decode(new[:new.index(eos)] if eos in new else new))
+                self._post(job, {"step": info.step, "num_steps": info.num_steps, "texts": texts})
+            return None
+
+        return callback
+
+    # ------------------------------------------------------------------ results back to the loop
+    def _post(self, job: Job, event: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(job.events.put_nowait, event)
+
+    def _finish(self, job: Job, choices: list[Choice]) -> None:
+        assert self._loop is not None
+        if job.events is not None:
+            self._post(job, choices)
+            self._post(job, _END)
+        self._loop.call_soon_threadsafe(_resolve, job.future, choices, None)
+
+    def _fail(self, job: Job, error: APIError) -> None:
+        assert self._loop is not None
+        if job.events is not None:
+            self._post(job, error)
+            self._post(job, _END)
+        self._loop.call_soon_threadsafe(_resolve, job.future, None, error)
+
+
+def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+END_OF_STREAM = _END
