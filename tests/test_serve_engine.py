@@ -1,0 +1,85 @@
+"""The serving engine in-process: request parsing, batch grouping, one-call batching, failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from sumi.serve.engine import Engine, Job
+from sumi.serve.protocol import APIError, Limits, parse_completion_request
+
+
+def _parse(**body):
+    return parse_completion_request({"prompt": "x", **body}, model_id="m", vocab_size=512, limits=Limits())
+
+
+def test_parse_defaults_and_options():
+    request = _parse(prompt=["a", "b"], n=3, stop="\n", top_p=1.0, sampler="greedy", tokens_per_step=2,
+                     max_tokens=9, user="someone", logprobs=None, echo=False, best_of=1)
+    assert request.prompts == ["a", "b"] and request.n == 3 and request.stop == ["\n"] and not request.stream
+    options = request.options
+    assert options.max_tokens == 9 and options.top_p is None and options.temperature == 1.0
+    assert options.sampler == "greedy" and options.tokens_per_step == 2 and options.seed is None
+    assert options.generate_kwargs()["max_new_tokens"] == 9
+    assert _parse().options.max_tokens == 16  # OpenAI's default
+    with pytest.raises(APIError, match="tokens_per_step"):
+        _parse(max_tokens=4, tokens_per_step=5)
+    with pytest.raises(APIError, match="exceeds this server's limit of 64 sequences"):
+        _parse(prompt=["a"] * 8, n=9)
+
+
+def test_grouping_keeps_seeded_requests_alone_and_caps_rows(tiny_model, tiny_tokenizer):
+    engine = Engine(tiny_model, tiny_tokenizer, max_batch_rows=4)
+    loop = asyncio.new_event_loop()
+    try:
+        def job(**body):
+            request = _parse(**body)
+            return Job(request=request, rows=[[0, 5]] * (len(request.prompts) * request.n), future=loop.create_future())
+
+        a, b, c = job(n=2), job(n=2), job(n=1)  # same options: 2 + 2 rows fill one batch, c spills
+        seeded1, seeded2 = job(seed=1), job(seed=1)
+        other = job(temperature=0.5)
+        groups = engine._group([a, seeded1, b, other, c, seeded2])
+        assert groups == [[a, b], [c], [seeded1], [other], [seeded2]]
+    finally:
+        loop.close()
+
+
+def test_one_sampler_call_per_batch_and_failure_isolation(tiny_model, tiny_tokenizer):
+    """Jobs queued together run as one generate() call; a job that fails on input does not fail the others."""
+    calls = []
+    forward = tiny_model.forward
+
+    def counting_forward(input_ids, *args, **kwargs):
+        calls.append(input_ids.shape[0])
+        return forward(input_ids, *args, **kwargs)
+
+    tiny_model.forward = counting_forward
+    engine = Engine(tiny_model, tiny_tokenizer, batch_window_ms=0)
+
+    async def scenario():
+        await engine.start()
+        try:
+            body = {"max_tokens": 4, "canvas_length": 16, "num_denoising_steps": 2, "temperature": 0.5}
+            good = [engine.submit(_parse(prompt=f"line {i}", **body)) for i in range(3)]
+            results = await asyncio.gather(*(j.future for j in good))
+            assert engine.batches_run == 1 and engine.rows_run == 3
+            assert all(len(r) == 1 and r[0].finish_reason in ("stop", "length") for r in results)
+            # a job whose prompt cannot fit the canvas (bypassing submit's check) fails alone
+            loop = asyncio.get_running_loop()
+            bad = Job(request=_parse(**body), rows=[list(range(3, 40))], future=loop.create_future())
+            fine = engine.submit(_parse(prompt="fine", **body))
+            engine._queue.put_nowait(bad)
+            assert len(await fine.future) == 1
+            with pytest.raises(APIError, match="canvas"):
+                await bad.future
+            with pytest.raises(APIError, match="context_length|canvas holds"):
+                engine.submit(_parse(prompt="word " * 30, **body))
+        finally:
+            await engine.stop()
+
+    with torch.no_grad():
+        asyncio.run(scenario())
+    assert calls[:2] == [3, 3]  # the first batch: every forward carried all three requests' rows
