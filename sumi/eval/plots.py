@@ -47,9 +47,10 @@ def sweep_plot(records: list[dict], key: str, label: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def commit_order_plot(commit_matrix: np.ndarray, start: int, path: Path) -> Path:
+def commit_order_plot(commit_matrix: np.ndarray, start: int, path: Path, budget: int | None = None) -> Path:
     """Heatmap [steps × positions]: the step index where a position was committed (blank = not that step),
-    with the step of each position's last commit on top."""
+    with the step of each position's last commit on top; the generated span [start, start + budget) is shaded
+    and the EOS/BOS anchor after it marked."""
     steps, width = commit_matrix.shape
     fig = _figure(8.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
@@ -58,6 +59,9 @@ def commit_order_plot(commit_matrix: np.ndarray, start: int, path: Path) -> Path
                       extent=(start - 0.5, start + width - 0.5, -0.5, steps - 0.5))
     last = np.array([np.flatnonzero(col)[-1] if col.any() else np.nan for col in commit_matrix.T], dtype=float)
     ax.plot(np.arange(start, start + width), last, ".", color="tab:red", markersize=3, label="last commit")
+    if budget is not None:
+        ax.axvspan(start - 0.5, start + budget - 0.5, color="tab:orange", alpha=0.12, label="generated span")
+        ax.axvline(start + budget, color="tab:orange", linestyle="--", linewidth=1, label="EOS/BOS anchor")
     ax.set_xlabel("canvas position")
     ax.set_ylabel("step")
     ax.set_title("commit order (colour = step of each commit)")

@@ -279,7 +279,7 @@ def run_probes(model, tokenizer, out_dir: str | Path, config: ProbeConfig | None
                 report.dynamics.append(dyn)
                 start = dyn["prompt_length"]
                 files = [
-                    plots.commit_order_plot(committed, start, out / f"dynamics{n}_commit_order.png"),
+                    plots.commit_order_plot(committed, start, out / f"dynamics{n}_commit_order.png", dyn["budget"]),
                     plots.flips_plot(np.asarray(dyn["flips_per_position"]), start, out / f"dynamics{n}_flips.png"),
                     plots.entropy_plot(dyn["mean_entropy"], dyn["mean_argmax_prob"], dyn["changed_per_step"],
                                        out / f"dynamics{n}_entropy.png"),
