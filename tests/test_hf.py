@@ -107,6 +107,10 @@ def test_transformers_native_loader_agrees(release_dirs, ids):
     for (name, a), (_, b) in zip(streamed.state_dict().items(), native.state_dict().items()):
         assert torch.equal(a, b), name
     torch.testing.assert_close(native.model.rotary.cos, streamed.model.rotary.cos, rtol=0, atol=0)
+    eager = AutoModelForMaskGeneration.from_pretrained(release_dirs["sharded"], attn_implementation="eager")
+    assert eager.attn_implementation == "eager" and eager.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(eager(ids).logits, streamed(ids).logits, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(native(ids).logits, streamed(ids).logits, rtol=0, atol=0)
 

@@ -96,7 +96,12 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-map the zip archive: tensors are paged in as the mapping reads them
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            blob = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip torch.save format
     except Exception as exc:  # weights_only refuses arbitrary objects (argparse.Namespace args, …)
         raise CheckpointError(
             f"{path} cannot be read with torch.load(weights_only=True), which sumi requires for safety: {exc}. "

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from sumi.config import SUMI_BOS_ID, SUMI_EOS_ID, SUMI_PAD_ID, SUMI_VOCAB_SIZE, SumiConfig
-from sumi.errors import ConfigError, InputError
+from sumi.errors import InputError
 from sumi.model import ATTN_IMPLEMENTATIONS, RotaryEmbedding, SumiForMaskGeneration, SumiModel
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
 
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if dtype is None or dtype == "auto":
-            dtype = SumiConfig.from_json_file(path).dtype  # transformers' "auto": the stored dtype
+            dtype = _auto_dtype(path)
         plain = load_model(path, dtype=resolve_dtype(dtype))
         if config is None:
             config = SumiHFConfig.from_sumi_config(plain.config)
@@ -263,6 +263,21 @@ def _plain_load(path: Path, kwargs: dict[str, Any]) -> bool:
     return dtype is None or isinstance(dtype, str | torch.dtype)  # a per-module dtype dict needs transformers
 
 
+def _auto_dtype(path: Path) -> torch.dtype:
+    """transformers' ``dtype="auto"``: config.json's ``dtype`` (or ``torch_dtype``), else the first tensor's."""
+    import json
+
+    from sumi.checkpoint import iter_checkpoint_tensors, resolve_dtype
+
+    raw = json.loads((path / "config.json").read_text())
+    stored = raw.get("dtype", raw.get("torch_dtype"))
+    if isinstance(stored, str) and stored != "auto":
+        return resolve_dtype(stored)
+    for _, tensor, _ in iter_checkpoint_tensors(path):
+        return tensor.dtype
+    return torch.float32
+
+
 def _same_config(config: SumiHFConfig | str | Path | None, path: Path) -> bool:
     """True when ``config`` adds nothing to the directory's config.json (so reading that file is equivalent)."""
     if config is None:
@@ -291,4 +306,4 @@ def hf_config_from_dir(directory: str | Path) -> SumiHFConfig:
     return SumiHFConfig.from_sumi_config(SumiConfig.from_json_file(directory))
 
 
-__all__ = ["SumiHFConfig", "SumiHFForMaskGeneration", "hf_config_from_dir", "ConfigError"]
+__all__ = ["SumiHFConfig", "SumiHFForMaskGeneration", "hf_config_from_dir"]

@@ -118,16 +118,16 @@ class Engine:
         self.in_flight -= 1
 
     def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest) -> None:
+        """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing."""
         from sumi.sampling.canvas import DEFAULT_CANVAS_LENGTH
 
-        config = self.model.config
-        canvas = min(request.options.canvas_length or DEFAULT_CANVAS_LENGTH, config.max_position_embeddings)
-        room = canvas - (2 if request.options.anchor_eosbos else 0) - 1  # at least one new token
+        max_positions = self.model.config.max_position_embeddings
+        canvas = min(request.options.canvas_length or DEFAULT_CANVAS_LENGTH, max_positions)
         longest = max(len(p) for p in prompts)
-        if longest > room:
-            raise APIError(400, f"the prompt has {longest} tokens but the canvas holds {canvas} positions "
-                                f"(at most {room} prompt tokens); shorten the prompt or raise canvas_length "
-                                f"(max {config.max_position_embeddings})", param="prompt",
+        if longest + request.options.max_tokens > canvas:
+            raise APIError(400, f"the prompt ({longest} tokens) + max_tokens={request.options.max_tokens} does not "
+                                f"fit the canvas of {canvas} positions; shorten the prompt, lower max_tokens or "
+                                f"raise canvas_length (max {max_positions})", param="prompt",
                            code="context_length_exceeded")
 
     # ------------------------------------------------------------------ batching (event loop)
