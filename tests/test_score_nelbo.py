@@ -93,6 +93,33 @@ def test_mean_over_seeds_matches_brute_force(tiny_model):
     assert brute.total_stderr < runs[0].total_stderr
 
 
+def test_grid_estimate_matches_training_loss_elbo_metric(tiny_model):
+    """Cross-implementation brute force: the trainer's ELBO metric (t ~ U[t_min, t_max], one z per draw,
+    ``SumiForMaskGeneration.forward(labels=, t=)``) averaged over many draws, times Δ = α_max − α_min."""
+    from sumi.diffusion import time_range, uniform
+
+    target = list(range(50, 70))
+    config = NelboConfig(num_timesteps=16, num_draws=4, canvas_length=len(target), batch_size=64)
+    (grid,) = nelbo_of_ids(tiny_model, [([], target)], config)
+    gen = torch.Generator().manual_seed(5)
+    t_min, t_max = time_range()
+    n = 512
+    t = t_min + (t_max - t_min) * torch.rand(n, generator=gen)
+    x = torch.tensor(target)[None].expand(n, -1)
+    z = uniform(512).sample_zt(x, (1 - t)[:, None], generator=gen)
+    with torch.no_grad():
+        logits = tiny_model(z).logits
+    from sumi.diffusion import sumi_loss
+
+    chunks = 32  # the metric is a mean over a batch: batch means of n/chunks draws give the standard error
+    means = torch.stack([sumi_loss(lg, zz, xx, tt)[1]["elbo"] for lg, zz, xx, tt in
+                         zip(logits.chunk(chunks), z.chunk(chunks), x.chunk(chunks), t.chunk(chunks))])
+    means = means.double() * len(target)
+    lo, hi = config.alpha_range()
+    brute, brute_se = (hi - lo) * means.mean().item(), (hi - lo) * means.std().item() / math.sqrt(chunks)
+    assert abs(grid.total_nats - brute) < 3 * math.hypot(grid.total_stderr, brute_se)
+
+
 class NanOutsideScoredSpan(torch.nn.Module):
     """Wraps a model: full forward (the slow path), NaN logits outside [start, end), records canvases."""
 
