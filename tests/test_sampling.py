@@ -138,6 +138,7 @@ def test_callback_can_stop_and_sees_step_info(tiny_model):
 
     def cb(info):
         seen.append(info)
+        info.argmax_prob  # noqa: B018 -- computed lazily; read it while the step's logits are current
         return info.step == 2
 
     out = generate(tiny_model, [[0, 7]], max_new_tokens=8, canvas_length=16, sampler="ancestral", seed=0, callback=cb)

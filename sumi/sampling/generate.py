@@ -29,7 +29,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StepInfo:
-    """What one step did. Tensors are [B, C] on the model's device; do not modify them."""
+    """What one step did; valid during the callback (tensors are [B, C] on the model's device, do not modify).
+
+    ``argmax`` / ``argmax_prob`` are computed on first access, so callbacks that do not read them cost nothing.
+    """
 
     step: int
     """0-based step index."""
@@ -40,10 +43,6 @@ class StepInfo:
     """λ of the level it moved to (cleaner)."""
     canvas: torch.Tensor
     """The canvas after the step (int64)."""
-    argmax: torch.Tensor
-    """argmax_v of the model's logits at the step's input canvas (int64)."""
-    argmax_prob: torch.Tensor
-    """Its untempered softmax probability (fp32)."""
     committed: torch.Tensor
     """Positions the sampler wrote this step (bool; adaptive: the chosen ones, else every resampled one)."""
     changed: torch.Tensor
@@ -55,6 +54,42 @@ class StepInfo:
     prompt_lengths: list[int] = field(default_factory=list)
     budgets: list[int] = field(default_factory=list)
     """New-token budget per row (the anchor, if any, follows it)."""
+    source: LogitSource | None = field(default=None, repr=False)
+    probs: torch.Tensor | None = field(default=None, repr=False)
+    """The untempered softmax [B, C, V] when the sampler computed it (adaptive), else None."""
+    _argmax: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """fp32 logits [B, C, V] of the canvas before the step (computed on first access if the sampler
+        did not need them all)."""
+        with torch.inference_mode():
+            return self.source.full()
+
+    def _top(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._argmax is None:
+            with torch.inference_mode():
+                self._argmax = self._compute_top()
+        return self._argmax
+
+    def _compute_top(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.probs is not None:
+            prob, ids = self.probs.max(-1)
+        else:
+            logits = self.source.full()
+            top_logit, ids = logits.max(-1)
+            prob = torch.exp(top_logit - torch.logsumexp(logits, dim=-1))
+        return ids, prob
+
+    @property
+    def argmax(self) -> torch.Tensor:
+        """argmax_v of the logits at each position (int64)."""
+        return self._top()[0]
+
+    @property
+    def argmax_prob(self) -> torch.Tensor:
+        """Its untempered softmax probability (fp32)."""
+        return self._top()[1]
 
 
 @dataclass
@@ -115,6 +150,55 @@ def forward_logits(model: torch.nn.Module, canvas: torch.Tensor, vocab_size: int
         out = model(canvas)
     logits = getattr(out, "logits", out)
     return logits[..., :vocab_size].float()  # a training run may pad the vocabulary
+
+
+class LogitSource:
+    """The model's logits for the current canvas, computed only where and when needed.
+
+    For :class:`~sumi.model.SumiForMaskGeneration` the trunk (embeddings → blocks → norm) runs once per step and
+    the head (``lm_head``, ~40% of a forward at vocab 32k) only for the positions a sampler asks for; other
+    models run their full forward. Rows can be refreshed individually (the per-row logit cache: a row whose
+    canvas did not change keeps its hidden states / logits, valid because the model does not see λ).
+    """
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
+        from sumi.model import SumiForMaskGeneration
+
+        self.model, self.vocab_size = model, vocab_size
+        self.split = isinstance(model, SumiForMaskGeneration)
+        self.hidden: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)[..., : self.vocab_size].float()
+
+    def refresh(self, canvas: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Recompute for all rows (``rows=None``) or for the given row indices."""
+        ids = canvas if rows is None else canvas[rows]
+        if self.split:
+            hidden = self.model.model(ids, None)
+            if rows is None:
+                self.hidden, self.logits = hidden, None
+                return
+            self.hidden[rows] = hidden
+            if self.logits is not None:
+                self.logits[rows] = self._head(hidden)
+        elif rows is None:
+            self.logits = forward_logits(self.model, ids, self.vocab_size)
+        else:
+            self.logits[rows] = forward_logits(self.model, ids, self.vocab_size)
+
+    def full(self) -> torch.Tensor:
+        """Logits of every position, [B, C, V] fp32."""
+        if self.logits is None:
+            self.logits = self._head(self.hidden)
+        return self.logits
+
+    def at(self, mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the positions where ``mask`` [B, C] is True, [n, V] fp32 (row-major order)."""
+        if self.logits is not None:
+            return self.logits[mask]
+        return self._head(self.hidden[mask])
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
@@ -248,47 +332,43 @@ def generate(
         from tqdm.auto import tqdm
 
         progress = tqdm(total=steps, desc=f"{sampler} sampling", unit="step")
-    logits, stale = None, torch.ones(canvas.shape[0], dtype=torch.bool, device=device)
+    source = LogitSource(model, vocab_size)
+    stale = torch.ones(canvas.shape[0], dtype=torch.bool, device=device)
     nfe = steps_run = 0
     for k in range(steps):
         log_snr_t, log_snr_s = log_snrs[k], log_snrs[k + 1]
         stale_rows = stale.nonzero().squeeze(-1)
         reused = stale_rows.numel() == 0
-        if logits is None or stale_rows.numel() == canvas.shape[0]:
-            logits = forward_logits(model, canvas, vocab_size)
+        if k == 0 or stale_rows.numel() == canvas.shape[0]:
+            source.refresh(canvas)
             nfe += 1
         elif not reused:
-            logits[stale_rows] = forward_logits(model, canvas[stale_rows], vocab_size)
+            source.refresh(canvas, stale_rows)
             nfe += 1
         probs = None
         if sampler == "ancestral":
             alpha_t = float(alpha_from_log_snr(torch.tensor(log_snr_t, dtype=torch.float64), min_log_snr, max_log_snr))
             alpha_s = float(alpha_from_log_snr(torch.tensor(log_snr_s, dtype=torch.float64), min_log_snr, max_log_snr))
-            new, committed = ancestral_step(logits, canvas, free, alpha_t=alpha_t, alpha_s=alpha_s,
+            new, committed = ancestral_step(source.at, canvas, free, alpha_t=alpha_t, alpha_s=alpha_s,
                                             log_snr_t=log_snr_t, mixing=mixing, temperature=temperature,
                                             top_k=top_k, top_p=top_p, generator=gen)
         elif sampler == "adaptive":
+            logits = source.full()
             probs = torch.softmax(logits, dim=-1)
             new, committed = adaptive_step(probs, logits, canvas, free, tokens_per_step=tokens_per_step,
                                            temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
         else:
-            new, committed = greedy_step(logits, canvas, free)
+            new, committed = greedy_step(source.full(), canvas, free)
         changed = new != canvas
         stale = changed.any(dim=1)
         steps_run += 1
         stop = False
         if observe:
-            if probs is None:
-                log_norm = torch.logsumexp(logits, dim=-1)
-                top_logit, argmax = logits.max(-1)
-                argmax_prob = torch.exp(top_logit - log_norm)
-            else:
-                argmax_prob, argmax = probs.max(-1)
-            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, argmax, argmax_prob, committed, changed, nfe, reused,
-                            plan.prompt_lengths, plan.budgets)
+            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, committed, changed, nfe, reused,
+                            plan.prompt_lengths, plan.budgets, source=source, probs=probs)
             if trajectory is not None:
                 trajectory.frames.append(TrajectoryFrame(k, log_snr_t, log_snr_s, new.cpu(), committed.cpu(),
-                                                         argmax_prob.cpu()))
+                                                         info.argmax_prob.cpu()))
             if callback is not None:
                 stop = bool(callback(info))
         canvas = new

@@ -20,8 +20,9 @@ def reference_generate(model: torch.nn.Module, canvas: torch.Tensor, free_mask: 
                        num_steps: int, schedule: str = "linear", min_log_snr: float = -9.0,
                        max_log_snr: float = 9.0, temperature: float = 1.0, top_k: int | None = None,
                        top_p: float | None = None, tokens_per_step: int = 1,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Run ``num_steps`` steps from ``canvas`` [B, C]; only ``free_mask`` positions change. Returns the canvas."""
+                       generator: torch.Generator | None = None, stop_after: int | None = None) -> torch.Tensor:
+    """Run the ``num_steps``-step schedule from ``canvas`` [B, C] (only its first ``stop_after`` steps when given);
+    only ``free_mask`` positions change. Returns the canvas."""
     vocab_size = model.config.vocab_size
     mixing = uniform(vocab_size)
     log_snrs = step_log_snrs(num_steps, schedule, min_log_snr, max_log_snr)
@@ -30,7 +31,7 @@ def reference_generate(model: torch.nn.Module, canvas: torch.Tensor, free_mask: 
         model.set_attn_implementation("eager")
     try:
         z = canvas.clone()
-        for k in range(num_steps):
+        for k in range(num_steps if stop_after is None else min(stop_after, num_steps)):
             out = model(z)
             logits = getattr(out, "logits", out)[..., :vocab_size].float()
             if sampler == "ancestral":
