@@ -249,3 +249,10 @@ def test_export_loads_with_same_logits(tmp_path, canvases, tiny_tokenizer):
     trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, trainer.model(x).logits, rtol=0, atol=0)
+
+
+def test_time_limit_stops_early_and_still_finishes_the_run(tmp_path, canvases):
+    result = Trainer(tiny_run(tmp_path, "training.time_limit_minutes=1e-6", "checkpoint.export=true"),
+                     loader_factory=factory(canvases)).fit()
+    assert result.steps == 1 and result.heldout_nelbo is not None
+    assert (tmp_path / "checkpoints" / "step-00000001").is_dir() and (result.model_dir / "config.json").is_file()

@@ -193,6 +193,9 @@ class TrainingSection:
     """Seed of the held-out noise draws."""
     output_dir: str = "runs/train"
     """Run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the export), loss.png."""
+    time_limit_minutes: float = 0.0
+    """Stop after the step that crosses this wall-clock budget (0 = none), then evaluate, save and export as at
+    the planned end. The schedule is not shortened, so a stopped WSD run skips (part of) its cooldown."""
     progress: bool = True
     """Show a progress bar with tokens/s and ETA (rank 0)."""
 
@@ -201,6 +204,8 @@ class TrainingSection:
             _need(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
         _need(self.global_batch_size >= 0, f"training.global_batch_size must be >= 0 (0 = micro × accum × "
               f"world), got {self.global_batch_size}")
+        _need(self.time_limit_minutes >= 0, f"training.time_limit_minutes must be >= 0, got "
+              f"{self.time_limit_minutes}")
         _need(self.eval_every >= 0, f"training.eval_every must be >= 0 (0 = at the end), got {self.eval_every}")
         _need(self.device in ("auto", "cpu", "cuda"), f"training.device={self.device!r}; use auto, cpu or cuda")
         _need(self.precision in ("auto", "fp32", "bf16"),

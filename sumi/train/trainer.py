@@ -400,7 +400,11 @@ class Trainer:
             while self.step < tc.steps:
                 record = self.train_step()
                 last_record = record
-                done = self.step == tc.steps
+                out_of_time = self._out_of_time(start)
+                if out_of_time:
+                    logger.warning("time limit of %.1f min reached at step %d of %d; finishing early",
+                                   tc.time_limit_minutes, self.step, tc.steps)
+                done = self.step == tc.steps or out_of_time
                 if self.step % tc.log_every == 0 or done:
                     elapsed = time.perf_counter() - start
                     entry = {"step": self.step, **record, "tokens": self.tokens_seen,
@@ -421,6 +425,8 @@ class Trainer:
                     self.save_checkpoint()
                 if bar is not None:
                     bar.update(1)
+                if out_of_time:
+                    break
         finally:
             if bar is not None:
                 bar.close()
@@ -432,6 +438,15 @@ class Trainer:
             plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
         return TrainResult(steps=self.step, tokens=self.tokens_seen, final_loss=last_record.get("loss", math.nan),
                            heldout_nelbo=heldout, output_dir=self.out_dir, model_dir=model_dir, history=history)
+
+    def _out_of_time(self, start: float) -> bool:
+        limit = self.cfg.training.time_limit_minutes
+        if not limit:
+            return False
+        flag = torch.tensor([float(time.perf_counter() - start > 60 * limit)], device=self.env.device)
+        if self.env.distributed:  # every rank must stop at the same step
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def close(self) -> None:
         if dist.is_initialized():
