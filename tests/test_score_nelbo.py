@@ -245,3 +245,21 @@ def test_score_cli(tiny_model_dir, tmp_path, capsys):
     assert "not a sumi model directory" in capsys.readouterr().err
     assert main(["score", "--model", str(tiny_model_dir), "--text", "x", "-K", "0"]) == 2
     assert "num_timesteps" in capsys.readouterr().err
+
+
+def test_score_cli_on_shards(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
+    from conftest import sample_texts
+
+    from sumi.cli import main
+    from sumi.data import MixtureSpec, build_shards
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts()[:80]))
+    spec = MixtureSpec.from_dict({"sources": [{"name": "kjv", "type": "jsonl", "path": str(docs)}]})
+    build_shards(spec, tiny_tokenizer, tmp_path / "shards", seq_len=32, heldout_fraction=0.1, show_progress=False,
+                 num_workers=1)
+    assert main(["score", "--model", str(tiny_model_dir), "--shards", str(tmp_path / "shards"), "--max-canvases",
+                 "2", "-K", "4", "--json", "--no-progress"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["canvases"] == 2 and row["num_tokens"] == 64 and row["split"] == "heldout"
+    assert 0 < row["nelbo"] < 20 and row["stderr"] > 0

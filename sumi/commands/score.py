@@ -1,7 +1,9 @@
-"""``sumi score --model DIR (--text T | --file F | --prompt P --continuation C)``: NELBO in nats/token.
+"""``sumi score --model DIR (--text T | --file F | --prompt P --continuation C | --shards DIR)``: NELBO in
+nats/token.
 
 Prints one line per text (NELBO ± Monte-Carlo standard error, bits per byte, perplexity bound) or, with
-``--json``, a JSON list of results.
+``--json``, a JSON list of results. ``--shards`` scores packed canvases of a shard directory (default: its
+held-out split) exactly as stored — ids, no BOS/EOS added — and prints their token-weighted NELBO.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--lines", action="store_true", help="with --file: score every non-empty line on its own")
     src.add_argument("--prompt", help="a clean prompt (never scored); needs --continuation")
     src.add_argument("--continuation", action="append", help="scored text after --prompt (repeatable)")
+    src.add_argument("--shards", help="a shard directory (`sumi data`): score its packed canvases")
+    src.add_argument("--split", default="heldout", choices=("heldout", "train"), help="with --shards")
+    src.add_argument("--max-canvases", type=int, default=16, help="with --shards: score the first N canvases")
     est = parser.add_argument_group("estimator")
     est.add_argument("-K", "--num-timesteps", type=int, default=128, help="grid points over alpha (default 128)")
     est.add_argument("--num-draws", type=int, default=1, help="noise draws per grid point (default 1)")
@@ -65,9 +70,60 @@ def _texts(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
     return texts, None
 
 
+def _score_shards(args: argparse.Namespace) -> int:
+    """Token-weighted NELBO of the first ``--max-canvases`` canvases of a shard split (ids as stored)."""
+    import math
+
+    from sumi.data.loader import PackedDataset
+    from sumi.eval.nelbo import NelboConfig, canvas_size, nelbo_of_ids, resolve_model
+
+    if args.text or args.file or args.prompt or args.continuation:
+        raise InputError("--shards scores stored canvases; do not combine it with --text/--file/--prompt")
+    if args.max_canvases <= 0:
+        raise InputError(f"--max-canvases must be positive, got {args.max_canvases}")
+    model, tokenizer = resolve_model(args.model, args.tokenizer, device=args.device)
+    data = PackedDataset(args.shards, args.split)
+    if len(data) == 0:
+        raise InputError(f"the {args.split} split of {args.shards} is empty")
+    config = NelboConfig(num_timesteps=args.num_timesteps, num_draws=args.num_draws,
+                         canvas_length=args.canvas_length, batch_size=args.batch_size, seed=args.seed,
+                         effective_snr=args.effective_snr)
+    length = canvas_size(model, config.canvas_length)
+    canvases = [[int(i) for i in data[n][:length]] for n in range(min(args.max_canvases, len(data)))]
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(canvases) * config.num_timesteps * config.num_draws, desc="NELBO", unit="row")
+    try:
+        raw = nelbo_of_ids(model, [([], c) for c in canvases], config, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    tokens = sum(r.num_tokens for r in raw)
+    total = sum(r.total_nats for r in raw)
+    stderr = math.sqrt(sum(r.total_stderr ** 2 for r in raw)) / tokens
+    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    num_bytes = sum(len(tokenizer.decode([i for i in c if i not in specials]).encode()) for c in canvases)
+    result = {"shards": str(args.shards), "split": args.split, "canvases": len(canvases), "canvas_length": length,
+              "num_tokens": tokens, "nelbo": total / tokens, "stderr": stderr,
+              "perplexity_bound": math.exp(min(total / tokens, 700.0)),
+              "bits_per_byte": total / (num_bytes * math.log(2)) if num_bytes else None,
+              "num_timesteps": config.num_timesteps, "num_draws": config.num_draws}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['nelbo']:.4f} ± {stderr:.4f} nats/token over {len(canvases)} {args.split} canvases "
+              f"({tokens} tokens, {length} per canvas, K={config.num_timesteps}); ppl ≤ "
+              f"{result['perplexity_bound']:.2f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from sumi.eval.nelbo import score
 
+    if args.shards:
+        return _score_shards(args)
     texts, continuations = _texts(args)
     results = score(
         args.model, args.tokenizer, texts, continuation=continuations, num_timesteps=args.num_timesteps,
