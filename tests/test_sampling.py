@@ -238,3 +238,11 @@ def test_bad_input_fails_before_model_work(kwargs, match):
     with pytest.raises(InputError, match=match):
         generate(Spy(), **args)
     assert not calls
+
+
+def test_ancestral_skips_forward_when_no_position_needs_logits(tiny_model):
+    # λ clamped to [-2, 2]: the cosine schedule's first and last steps are no-ops (λ_t = λ_s), where every
+    # position keeps its token whatever the model says, so no forward pass is needed there.
+    out = generate(tiny_model, [[0, 5]], max_new_tokens=8, canvas_length=16, sampler="ancestral", schedule="cosine",
+                   num_denoising_steps=32, min_log_snr=-2.0, max_log_snr=2.0, seed=0)
+    assert out.steps_run == 32 and out.nfe < 32

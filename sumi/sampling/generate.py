@@ -153,12 +153,16 @@ def forward_logits(model: torch.nn.Module, canvas: torch.Tensor, vocab_size: int
 
 
 class LogitSource:
-    """The model's logits for the current canvas, computed only where and when needed.
+    """The model's logits for the current canvas, computed only where and when a sampler asks for them.
 
-    For :class:`~sumi.model.SumiForMaskGeneration` the trunk (embeddings → blocks → norm) runs once per step and
-    the head (``lm_head``, ~40% of a forward at vocab 32k) only for the positions a sampler asks for; other
-    models run their full forward. Rows can be refreshed individually (the per-row logit cache: a row whose
-    canvas did not change keeps its hidden states / logits, valid because the model does not see λ).
+    * **Lazy forward**: :meth:`update` only records which rows changed; the forward runs on the first request,
+      so a step that needs no logits (e.g. an ancestral step where every position keeps its token) costs none.
+    * **Per-row reuse**: only rows whose canvas changed since their last forward are recomputed (valid because
+      the model does not see λ).
+    * **Split head**: for :class:`~sumi.model.SumiForMaskGeneration` the trunk (embeddings → blocks → norm) runs
+      on the rows, and ``lm_head`` (~40% of a forward at vocab 32k) only on the positions requested through
+      :meth:`at`; other models run their full forward.
+    ``nfe`` counts forward calls actually made.
     """
 
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
@@ -166,36 +170,55 @@ class LogitSource:
 
         self.model, self.vocab_size = model, vocab_size
         self.split = isinstance(model, SumiForMaskGeneration)
+        self.canvas: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
         self.hidden: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
+        self.nfe = 0
+
+    def update(self, canvas: torch.Tensor, changed_rows: torch.Tensor | None = None) -> None:
+        """The canvas is now ``canvas``; ``changed_rows`` [B] bool marks rows that differ (None = all)."""
+        self.canvas = canvas
+        if changed_rows is None:
+            changed_rows = torch.ones(canvas.shape[0], dtype=torch.bool, device=canvas.device)
+        self.pending = changed_rows if self.pending is None else self.pending | changed_rows
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)[..., : self.vocab_size].float()
 
-    def refresh(self, canvas: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Recompute for all rows (``rows=None``) or for the given row indices."""
-        ids = canvas if rows is None else canvas[rows]
+    def _ensure(self) -> None:
+        if self.pending is None or not bool(self.pending.any()):
+            return
+        everything = (self.hidden is None and self.logits is None) or bool(self.pending.all())
+        rows = None if everything else self.pending.nonzero().squeeze(-1)
+        ids = self.canvas if rows is None else self.canvas[rows]
         if self.split:
             hidden = self.model.model(ids, None)
             if rows is None:
                 self.hidden, self.logits = hidden, None
-                return
-            self.hidden[rows] = hidden
-            if self.logits is not None:
-                self.logits[rows] = self._head(hidden)
+            else:
+                self.hidden[rows] = hidden
+                if self.logits is not None:
+                    self.logits[rows] = self._head(hidden)
         elif rows is None:
             self.logits = forward_logits(self.model, ids, self.vocab_size)
         else:
             self.logits[rows] = forward_logits(self.model, ids, self.vocab_size)
+        self.nfe += 1
+        self.pending = torch.zeros_like(self.pending)
 
     def full(self) -> torch.Tensor:
         """Logits of every position, [B, C, V] fp32."""
+        self._ensure()
         if self.logits is None:
             self.logits = self._head(self.hidden)
         return self.logits
 
     def at(self, mask: torch.Tensor) -> torch.Tensor:
         """Logits of the positions where ``mask`` [B, C] is True, [n, V] fp32 (row-major order)."""
+        if not bool(mask.any()):
+            return torch.empty(0, self.vocab_size, device=mask.device)
+        self._ensure()
         if self.logits is not None:
             return self.logits[mask]
         return self._head(self.hidden[mask])
@@ -333,18 +356,11 @@ def generate(
 
         progress = tqdm(total=steps, desc=f"{sampler} sampling", unit="step")
     source = LogitSource(model, vocab_size)
-    stale = torch.ones(canvas.shape[0], dtype=torch.bool, device=device)
-    nfe = steps_run = 0
+    source.update(canvas)
+    steps_run = 0
     for k in range(steps):
         log_snr_t, log_snr_s = log_snrs[k], log_snrs[k + 1]
-        stale_rows = stale.nonzero().squeeze(-1)
-        reused = stale_rows.numel() == 0
-        if k == 0 or stale_rows.numel() == canvas.shape[0]:
-            source.refresh(canvas)
-            nfe += 1
-        elif not reused:
-            source.refresh(canvas, stale_rows)
-            nfe += 1
+        nfe_before = source.nfe
         probs = None
         if sampler == "ancestral":
             alpha_t = float(alpha_from_log_snr(torch.tensor(log_snr_t, dtype=torch.float64), min_log_snr, max_log_snr))
@@ -361,10 +377,11 @@ def generate(
             new, committed = greedy_step(source.full(), canvas, free)
         changed = new != canvas
         stale = changed.any(dim=1)
+        reused = source.nfe == nfe_before
         steps_run += 1
         stop = False
         if observe:
-            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, committed, changed, nfe, reused,
+            info = StepInfo(k, steps, log_snr_t, log_snr_s, new, committed, changed, source.nfe, reused,
                             plan.prompt_lengths, plan.budgets, source=source, probs=probs)
             if trajectory is not None:
                 trajectory.frames.append(TrajectoryFrame(k, log_snr_t, log_snr_s, new.cpu(), committed.cpu(),
@@ -372,9 +389,10 @@ def generate(
             if callback is not None:
                 stop = bool(callback(info))
         canvas = new
+        source.update(canvas, stale)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(nfe=nfe)
+            progress.set_postfix(nfe=source.nfe)
         if stop:
             logger.debug("callback stopped sampling after step %d", k)
             break
@@ -385,7 +403,7 @@ def generate(
         progress.close()
     sequences = trim(canvas, plan.prompt_lengths, plan.budgets, config.eos_token_id, trim_at_eos)
     return GenerationOutput(sequences=sequences, canvas=canvas, prompt_lengths=plan.prompt_lengths,
-                            steps_run=steps_run, nfe=nfe, budgets=plan.budgets, trajectory=trajectory,
+                            steps_run=steps_run, nfe=source.nfe, budgets=plan.budgets, trajectory=trajectory,
                             frozen_mask=plan.frozen_mask)
 
 
