@@ -33,9 +33,10 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool =
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`. Uses the fused/foreach kernels PyTorch picks for the device."""
+    """AdamW over :func:`param_groups`, with the fused kernel (one pass per tensor instead of ~10 elementwise ops;
+    on CPU PyTorch's default is the slow per-tensor loop, which cost ~16% of a 25M-model step)."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
 
 
 @dataclass(frozen=True)

@@ -369,13 +369,16 @@ class Trainer:
         return directory
 
     def tokenizer(self):
+        """The tokenizer to ship with the export: the given one, ``data.tokenizer``, or the shards' own."""
         if self._tokenizer is None:
             from sumi.tokenizer import load_tokenizer
 
-            source = self.cfg.data.tokenizer or (self.cfg.data.shard_dir if self.cfg.data.shard_dir else "")
-            if source and (Path(source) / "tokenizer.json").is_file() or source == "sumi" or (
-                    source and Path(source).is_file()):
-                self._tokenizer = load_tokenizer(source)
+            source = self.cfg.data.tokenizer or self.cfg.data.shard_dir
+            if source:
+                try:
+                    self._tokenizer = load_tokenizer(source)
+                except SumiError as exc:
+                    logger.warning("cannot load the tokenizer %s: %s", source, exc)
         return self._tokenizer
 
     # ------------------------------------------------------------------ the loop
