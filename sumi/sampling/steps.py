@@ -68,7 +68,7 @@ def adaptive_step(probs: torch.Tensor, logits: torch.Tensor, canvas: torch.Tenso
     positions take the argmax (T = 0) or a draw from the tempered, truncated softmax. For uniform noise the
     prior weight π(z_i) of the reference is the same for every position, so it does not change the ranking.
     """
-    p_max, argmax = probs.max(-1)
+    p_max = probs.amax(-1)  # values only: the argmax is needed at the chosen positions alone
     score = (p_max - probs.gather(-1, canvas[..., None]).squeeze(-1)).masked_fill(~free, float("-inf"))
     k = min(tokens_per_step, canvas.shape[1])
     top = torch.topk(score, k, dim=-1)
@@ -76,7 +76,7 @@ def adaptive_step(probs: torch.Tensor, logits: torch.Tensor, canvas: torch.Tenso
     rows = torch.arange(canvas.shape[0], device=canvas.device)[:, None].expand_as(top.indices)
     rows, cols = rows[chosen], top.indices[chosen]
     if temperature == 0:
-        tokens = argmax[rows, cols]
+        tokens = probs[rows, cols].argmax(-1)
     else:
         tokens = sample_rows(truncate_logits(logits[rows, cols], temperature, top_k, top_p), generator)
     new = canvas.clone()
