@@ -190,3 +190,14 @@ def test_import_hook_registers_when_transformers_comes_later(release_dirs):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "SumiHFConfig"
+
+
+def test_samplers_accept_the_transformers_model(release_dirs):
+    """The Auto model is a SumiForMaskGeneration: sumi's samplers give the same sequences for the same seed."""
+    from sumi.sampling import generate
+
+    prompts = [[0, 17, 42, 99], [0, 5]]
+    kwargs = {"max_new_tokens": 6, "num_denoising_steps": 4, "canvas_length": 16, "seed": 5, "temperature": 0.7}
+    hf = generate(AutoModelForMaskGeneration.from_pretrained(release_dirs["single"]), prompts, **kwargs)
+    ref = generate(sumi.load_model(release_dirs["single"]), prompts, **kwargs)
+    assert hf.sequences == ref.sequences and torch.equal(hf.canvas, ref.canvas)
