@@ -157,7 +157,7 @@ def test_save_pretrained_writes_release_layout(release_dirs, tmp_path, ids):
         model.save_pretrained(tmp_path / "pickle", safe_serialization=False)
 
 
-def test_fresh_model_and_sumi_view(ids):
+def test_fresh_model_and_sumi_view(release_dirs, ids):
     config = SumiHFConfig.from_sumi_config(sumi.get_preset("sumi-tiny"))
     model = SumiHFForMaskGeneration(config)
     plain = SumiForMaskGeneration.from_config(sumi.get_preset("sumi-tiny"), seed=0)
@@ -172,6 +172,8 @@ def test_fresh_model_and_sumi_view(ids):
     assert model.attn_implementation == "eager"
     with pytest.raises(InputError, match="sdpa"):
         model.set_attn_implementation("flash_attention_2")
+    with pytest.raises(InputError, match="sdpa"):
+        SumiHFForMaskGeneration.from_pretrained(release_dirs["single"], attn_implementation="flex_attention")
 
 
 def test_invalid_config_is_a_config_error():

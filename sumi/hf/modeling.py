@@ -128,10 +128,7 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        implementation = config._attn_implementation
-        SumiForMaskGeneration.set_attn_implementation(
-            self, implementation if implementation in ATTN_IMPLEMENTATIONS else "sdpa"
-        )
+        self.set_attn_implementation(config._attn_implementation or "sdpa")
         self.post_init()
 
     # ------------------------------------------------------------------ loading
@@ -164,15 +161,16 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         plain = load_model(path, dtype=resolve_dtype(dtype))
         if config is None:
             config = SumiHFConfig.from_sumi_config(plain.config)
-        attn = kwargs.get("attn_implementation") or config._attn_implementation
-        if attn is not None:
-            config._attn_implementation = attn
+        attn = kwargs.get("attn_implementation") or config._attn_implementation or "sdpa"
+        if attn not in ATTN_IMPLEMENTATIONS:
+            raise InputError(f"unknown attention implementation {attn!r} for sumi; use one of {ATTN_IMPLEMENTATIONS}")
+        config._attn_implementation = attn
         config.dtype = plain.lm_head.weight.dtype
         config.name_or_path = str(path)
         with torch.device("meta"):  # shapes only: the loaded modules replace these
             model = cls(config)
         model.model, model.lm_head = plain.model, plain.lm_head
-        model.set_attn_implementation(attn if attn in ATTN_IMPLEMENTATIONS else "sdpa")
+        model.set_attn_implementation(attn)
         model.eval()
         return model
 
