@@ -397,10 +397,8 @@ def nelbo_of_ids(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
     was_training = model.training
     model.eval()
     try:
-        flat = [(i, r) for i in range(len(reqs)) for r in range(rows_per_req)]
         cache: dict[int, _Rows] = {}
-        for start in range(0, len(flat), config.batch_size):
-            chunk = flat[start:start + config.batch_size]
+        for chunk in _row_chunks(len(reqs), rows_per_req, config.batch_size):
             for i in {i for i, _ in chunk} - cache.keys():
                 cache[i] = _Rows(*reqs[i], length, config, vocab)
             _score_batch(model, chunk, cache, sums, config, device)
@@ -412,6 +410,19 @@ def nelbo_of_ids(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
     finally:
         model.train(was_training)
     return [_summarise(s.view(k, d), config, len(c)) for s, (_, c) in zip(sums, reqs)]
+
+
+def _row_chunks(num_requests: int, rows_per_request: int, batch_size: int):
+    """Consecutive (request, row) pairs in batches of ``batch_size`` (lazily: lm-eval runs have millions)."""
+    chunk = []
+    for i in range(num_requests):
+        for r in range(rows_per_request):
+            chunk.append((i, r))
+            if len(chunk) == batch_size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def _score_batch(model, chunk, cache, sums, config: NelboConfig, device) -> None:
