@@ -114,8 +114,10 @@ class Engine:
         job.future.add_done_callback(self._done)
         return job
 
-    def _done(self, _future: asyncio.Future) -> None:
+    def _done(self, future: asyncio.Future) -> None:
         self.in_flight -= 1
+        if not future.cancelled():
+            future.exception()  # a client that went away never awaits its error: mark it retrieved
 
     def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest) -> None:
         """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing."""
