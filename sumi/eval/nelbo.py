@@ -46,6 +46,8 @@ Tokenization = Literal["separate", "joint"]
 Truncation = Literal["error", "left", "right"]
 TOKENIZATIONS = ("separate", "joint")
 TRUNCATIONS = ("error", "left", "right")
+LOGITS_BUDGET = 2**27
+"""Elements of one slice of gathered logits (512 MiB in fp32); the KL/IS math holds a few such tensors."""
 ALPHA_EFF_EPS = 1e-4
 """The effective-SNR heuristic clamps the kept fraction to [ε, 1 − ε] before taking its logit."""
 
@@ -447,10 +449,18 @@ def _score_batch(model, chunk, cache, sums, config: NelboConfig, device) -> None
         log_snr = log_snr_from_alpha(kept.clamp(ALPHA_EFF_EPS, 1 - ALPHA_EFF_EPS).float(),
                                      config.log_snr_min, config.log_snr_max)
         alpha = alpha_from_log_snr(log_snr, config.log_snr_min, config.log_snr_max)
-    logits = logits_at(model, canvas, positions)
     alpha, log_snr = alpha.to(device)[:, None], log_snr.to(device)[:, None]
-    terms = gidd_terms(logits, x, z_t, alpha, log_snr, uniform(logits.shape[-1]))
-    per_row = (terms.elbo.double() * valid).sum(1).cpu()
+    vocab = int(model.config.vocab_size)
+    mixing = uniform(vocab)
+    # The V-sized terms of long spans (rolling windows of a 100k-vocab model) are sliced by rows so that one
+    # slice's logits stay near LOGITS_BUDGET elements.
+    step = max(1, LOGITS_BUDGET // (width * vocab))
+    per_row = torch.empty(len(chunk), dtype=torch.float64)
+    for s in range(0, len(chunk), step):
+        e = s + step
+        logits = logits_at(model, canvas[s:e], positions[s:e])
+        terms = gidd_terms(logits, x[s:e], z_t[s:e], alpha[s:e], log_snr[s:e], mixing)
+        per_row[s:e] = (terms.elbo.double() * valid[s:e]).sum(1).cpu()
     for b, (i, r) in enumerate(chunk):
         sums[i][r] = per_row[b]
 
