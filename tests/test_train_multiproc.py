@@ -50,8 +50,8 @@ def one_thread():
 
 def common(shards, out, steps):
     return [f"data.shard_dir={shards}", f"training.steps={steps}", "training.log_every=1", "training.progress=false",
-            "schedule.warmup_steps=2", "optimizer.lr=3e-3", "checkpoint.export=false", "training.eval_batches=1",
-            f"training.output_dir={out}"]
+            "schedule.warmup_steps=2", "checkpoint.every=2", "optimizer.lr=3e-3", "checkpoint.export=false",
+            "training.eval_batches=1", f"training.output_dir={out}"]
 
 
 def env() -> dict[str, str]:
@@ -85,6 +85,14 @@ def test_two_ranks_match_one_process(tmp_path, shards, parallelism):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a, b)
     assert multi[0]["loss"] != multi[-2]["loss"]  # it trained
+
+    # The 2-rank checkpoint of step 2 resumes in one process (DCP reshards) and continues the same curve.
+    cfg = resolve_run_config(None, common(shards, tmp_path / "resumed", 4) + ["training.micro_batch_size=4"])
+    Trainer(cfg).fit(resume=tmp_path / "two" / "checkpoints" / "step-00000002")
+    resumed = curve(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [3, 4, 4]
+    for a, b in zip(single[2:], resumed):
+        assert b.get("loss", b.get("heldout_nelbo")) == pytest.approx(a.get("loss", a.get("heldout_nelbo")), rel=1e-4)
 
 
 def test_sigkill_then_resume_reproduces_the_curve(tmp_path, shards):
