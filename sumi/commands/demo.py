@@ -144,7 +144,9 @@ def _samples(model, tok, seed: int) -> list[tuple[str, str]]:
         from sumi.sampling import generate_text
     except ImportError as exc:  # the sampler is optional for the demo's training part
         return [("(sampler unavailable)", str(exc))]
-    texts = generate_text(model, tok, list(PROMPTS), max_new_tokens=48, seed=seed)
+    # The exact (ancestral) posterior sampler: with a minutes-old model the adaptive sampler, which commits only
+    # its most confident positions, leaves much of the initial uniform-noise canvas in place.
+    texts = generate_text(model, tok, list(PROMPTS), max_new_tokens=48, sampler="ancestral", seed=seed)
     return list(zip(PROMPTS, texts))
 
 
