@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from sumi.train import Trainer, resolve_run_config
 from sumi.train.metrics import TIMING_KEYS, read_metrics
@@ -116,3 +117,5 @@ def test_sigkill_then_resume_reproduces_the_curve(tmp_path, shards):
     reference = run_in_process(common(shards, tmp_path / "straight", steps) + [
         "training.micro_batch_size=8", "checkpoint.every=10", "training.eval_every=20"])
     assert curve(tmp_path / "killed" / "metrics.jsonl") == reference
+    saved = yaml.safe_load((tmp_path / "killed" / "checkpoints" / "step-00000040" / "config.yaml").read_text())
+    assert saved["model"]["overrides"]["vocab_size"] == 512  # taken from the shards' tokenizer, then saved

@@ -65,8 +65,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def _ema(values: list[float], decay: float = 0.9) -> list[float]:
+    out, state = [], None
+    for v in values:
+        state = v if state is None else decay * state + (1 - decay) * v
+        out.append(state)
+    return out
+
+
 def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
-    """Training loss and held-out NELBO against tokens seen, as a PNG. Returns None without records."""
+    """Two panels against tokens seen: the training loss, and the NELBO (nats/token: the training batches'
+    ``elbo`` estimate, EMA-smoothed, and the held-out evaluations). Returns None without records."""
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "heldout_nelbo" in r]
@@ -77,16 +86,21 @@ def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
+    tokens = [r["tokens"] for r in train]
+    fig, (ax_loss, ax_elbo) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    ax_loss.plot(tokens, [r["loss"] for r in train], lw=0.8, alpha=0.4, color="C0")
+    ax_loss.plot(tokens, _ema([r["loss"] for r in train]), lw=1.5, color="C0", label="train loss (EMA)")
+    ax_loss.set_title("training loss")
+    ax_elbo.plot(tokens, _ema([r["elbo"] for r in train]), lw=1.2, color="C1",
+                 label="train batches (EMA; incl. per-token t)")
     if evals:
-        ax.plot([r["tokens"] for r in evals], [r["heldout_nelbo"] for r in evals], "o-", ms=4,
-                label="held-out NELBO (nats/token)")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("nats / token")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        ax_elbo.plot([r["tokens"] for r in evals], [r["heldout_nelbo"] for r in evals], "o-", ms=4, color="C3",
+                     label="held-out")
+    ax_elbo.set_title("NELBO / NLL (nats per token)")
+    for ax in (ax_loss, ax_elbo):
+        ax.set_xlabel("tokens seen")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path)

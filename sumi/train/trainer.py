@@ -86,8 +86,11 @@ def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) 
 SPECIAL_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def model_config_for_shards(cfg: RunConfig):
-    """The model config, with vocab size and special ids taken from the shards' tokenizer unless overridden."""
+def with_shard_vocab(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the model's vocab size and special ids taken from the shards' tokenizer unless overridden.
+
+    They are written into ``model.overrides``, so the config saved with each checkpoint rebuilds the model alone.
+    """
     overrides = dict(cfg.model.overrides)
     if cfg.data.shard_dir and Path(cfg.data.shard_dir, "manifest.json").is_file():
         from sumi.data import Manifest
@@ -95,7 +98,7 @@ def model_config_for_shards(cfg: RunConfig):
         tok = Manifest.load(cfg.data.shard_dir).tokenizer
         for key in SPECIAL_FIELDS:
             overrides.setdefault(key, int(tok[key]))
-    return replace(cfg.model, overrides=overrides).build()
+    return replace(cfg, model=replace(cfg.model, overrides=overrides))
 
 
 class Trainer:
@@ -116,10 +119,10 @@ class Trainer:
                 raise ConfigError("data.shard_dir is required: build shards with `sumi data build` and set "
                                   "data.shard_dir=<dir> (or data.mixture=<mixture.yaml> to build them first)")
             self._prepare_shards()
-            self.model_config = model_config_for_shards(cfg)
+            cfg = self.cfg = with_shard_vocab(cfg)
+        self.model_config = cfg.model.build()
+        if loader_factory is None:
             loader_factory = packed_loader_factory(cfg.data.shard_dir, self.model_config.vocab_size)
-        else:
-            self.model_config = cfg.model.build()
         self.loader_factory = loader_factory
         self._tokenizer = tokenizer
 
