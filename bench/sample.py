@@ -7,15 +7,16 @@ Prints one JSON line:
 * ``forward_ms[B]``: one full SDPA forward (trunk + lm_head) of [B, 256], best of 3;
 * ``fast[sampler][B]`` / ``reference[sampler][B]``: ms/step and new tokens/s (= B·64 / (64 steps · ms/step)).
   Fast ancestral runs all 64 steps (its cost varies along the schedule: lm_head only runs where the posterior
-  needs logits); fast adaptive and the references cost the same every step, so their first ``--timed-steps``
-  steps are timed. The reference uses eager attention, the explicit V-sized float64 posterior and
-  ``torch.multinomial`` over every row;
+  needs logits); fast adaptive costs the same every step, so its first ``--timed-steps`` steps are timed, and
+  the reference's first step is timed several times. Each step's time is the minimum over ``--repeats``
+  identical runs (a busy machine only adds time). The reference uses eager attention, the explicit V-sized
+  float64 posterior and ``torch.multinomial`` over every row;
 * ``speedup[sampler][B]``: reference ms/step ÷ fast ms/step;
 * ``step_vs_forward[sampler][B]``: fast ms/step ÷ forward ms − 1 (negative: a step is cheaper than a forward);
 * ``sampler_overhead[sampler][B]``: the sampler's own work per step (the same loop on a model that returns
   precomputed logits, so the forward costs nothing) ÷ forward ms. Target ≤ 0.10.
 
-Usage: ``python bench/sample.py [--timed-steps 6] [--threads 2]``. Runtime ~2-3 min on 2 idle cores.
+Usage: ``python bench/sample.py [--timed-steps 6] [--repeats 2] [--threads 2]``. Runtime ~3 min on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -62,25 +63,38 @@ def seconds(fn, repeats: int = 1) -> float:
     return best
 
 
-def run_fast(model, prompts, canvas, sampler: str, timed: int) -> None:
-    stop = (lambda info: info.step + 1 >= timed) if timed < STEPS else None
+def fast_step_times(model, prompts, canvas, sampler: str, timed: int) -> list[float]:
+    """Wall time of each of the first ``timed`` steps of a 64-step run (seconds)."""
+    marks = [time.perf_counter()]
+
+    def tick(info) -> bool:
+        marks.append(time.perf_counter())
+        return info.step + 1 >= timed
+
     out = generate(model, prompts, max_new_tokens=NEW_TOKENS, num_denoising_steps=STEPS, sampler=sampler,
-                   canvas_length=CANVAS, initial_canvas=canvas, seed=1, callback=stop)
+                   canvas_length=CANVAS, initial_canvas=canvas, seed=1, callback=tick)
     assert out.steps_run == timed
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def best_per_step(runs: list[list[float]]) -> list[float]:
+    """Per-step minimum over repeated identical runs: a busy machine only ever adds time."""
+    return [min(times) for times in zip(*runs)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--timed-steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = bench_config()
     model = SumiForMaskGeneration.from_config(config, seed=0).eval()
-    n = args.timed_steps
+    n, repeats = args.timed_steps, args.repeats
     result = {"config": {"non_embedding_params": model.num_parameters()["non_embedding"], "vocab": config.vocab_size,
                          "canvas": CANVAS, "steps": STEPS, "new_tokens": NEW_TOKENS, "timed_steps": n,
-                         "threads": args.threads, "dtype": "float32", "torch": torch.__version__},
+                         "repeats": repeats, "threads": args.threads, "dtype": "float32", "torch": torch.__version__},
               "forward_ms": {}, "fast": {}, "reference": {}, "speedup": {}, "step_vs_forward": {},
               "sampler_overhead": {}}
     for batch in (1, 4):
@@ -91,16 +105,31 @@ def main() -> None:
         canvas = plan.canvas
         with torch.inference_mode():
             logits = model(canvas).logits  # also the warm-up
-            forward = seconds(lambda c=canvas: model(c), 3)
-        result["forward_ms"][key] = round(1e3 * forward, 2)
         fake = PrecomputedLogits(logits, config)
+
+        def forward_time(c=canvas, repeats=2):
+            with torch.inference_mode():
+                return seconds(lambda: model(c), repeats)
+
+        def reference_step(sampler, c=canvas, f=plan.free_mask):
+            return seconds(lambda: reference_generate(model, c, f, sampler=sampler, num_steps=STEPS,
+                                                      generator=torch.Generator().manual_seed(1), stop_after=1))
+
+        # Every number is a minimum over repeats (per step for the loops), and the forward is re-timed between
+        # the runs: a busy machine only adds time, so minima are the closest to an idle machine.
+        forward = forward_time(repeats=3)
+        timings = {}
         for sampler in ("ancestral", "adaptive"):
-            timed = STEPS if sampler == "ancestral" else n
-            fast_ms = 1e3 * seconds(lambda s=sampler, t=timed, p=prompts, c=canvas: run_fast(model, p, c, s, t)) / timed
-            slow_ms = 1e3 * seconds(lambda s=sampler, c=canvas, f=plan.free_mask: reference_generate(
-                model, c, f, sampler=s, num_steps=STEPS, generator=torch.Generator().manual_seed(1),
-                stop_after=n)) / n
-            sampler_ms = 1e3 * seconds(lambda s=sampler, p=prompts, c=canvas, m=fake: run_fast(m, p, c, s, n), 2) / n
+            timed = STEPS if sampler == "ancestral" else n  # ancestral's cost varies along the schedule
+            per_step = best_per_step([fast_step_times(model, prompts, canvas, sampler, timed) for _ in range(repeats)])
+            fast_ms = 1e3 * sum(per_step) / timed
+            slow_ms = 1e3 * min(reference_step(sampler) for _ in range(max(2, n // 2)))
+            sampler_ms = 1e3 * sum(best_per_step([fast_step_times(fake, prompts, canvas, sampler, n)
+                                                  for _ in range(repeats)])) / n
+            forward = min(forward, forward_time())
+            timings[sampler] = (fast_ms, slow_ms, sampler_ms)
+        result["forward_ms"][key] = round(1e3 * forward, 2)
+        for sampler, (fast_ms, slow_ms, sampler_ms) in timings.items():
             for name, ms in (("fast", fast_ms), ("reference", slow_ms)):
                 result[name].setdefault(sampler, {})[key] = {
                     "ms_per_step": round(ms, 2), "new_tokens_per_s": round(batch * NEW_TOKENS / (STEPS * ms / 1e3), 2)}

@@ -221,3 +221,15 @@ def test_lazy_head_equals_full_forward(tiny_model, temperature, top_k):
     fast = generate(tiny_model, [[0, 9, 8], [0, 4]], **kw)
     full = generate(Wrapped(tiny_model), [[0, 9, 8], [0, 4]], **kw)
     assert torch.equal(fast.canvas, full.canvas)
+
+
+def test_chunked_row_reductions_equal_full(monkeypatch):
+    import sumi.sampling.posterior as posterior
+
+    monkeypatch.setattr(posterior, "CHUNK_ELEMENTS", 1000)  # 3 rows per chunk at V = 300
+    logits = torch.randn(10, 300, generator=torch.Generator().manual_seed(0)) * 3
+    z = torch.randint(0, 300, (10,), generator=torch.Generator().manual_seed(1))
+    probs = torch.softmax(logits, -1)
+    p_max, p_z = posterior.confidence(logits, z)
+    assert torch.equal(p_max, probs.amax(-1)) and torch.equal(p_z, probs[torch.arange(10), z])
+    assert torch.equal(posterior.log_normalizer(logits), torch.logsumexp(logits, -1))

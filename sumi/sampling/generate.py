@@ -21,6 +21,7 @@ import torch
 from sumi.diffusion import alpha_from_log_snr, uniform
 from sumi.errors import InputError
 from sumi.sampling.canvas import check_options, parse_prompts, plan_canvas
+from sumi.sampling.posterior import log_normalizer
 from sumi.sampling.schedule import step_log_snrs
 from sumi.sampling.steps import adaptive_step, ancestral_step, greedy_step
 
@@ -55,8 +56,6 @@ class StepInfo:
     budgets: list[int] = field(default_factory=list)
     """New-token budget per row (the anchor, if any, follows it)."""
     source: LogitSource | None = field(default=None, repr=False)
-    probs: torch.Tensor | None = field(default=None, repr=False)
-    """The untempered softmax [B, C, V] when the sampler computed it (adaptive), else None."""
     _argmax: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -73,12 +72,9 @@ class StepInfo:
         return self._argmax
 
     def _compute_top(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.probs is not None:
-            prob, ids = self.probs.max(-1)
-        else:
-            logits = self.source.full()
-            top_logit, ids = logits.max(-1)
-            prob = torch.exp(top_logit - torch.logsumexp(logits, dim=-1))
+        logits = self.source.full()
+        top_logit, ids = logits.max(-1)
+        prob = torch.exp(top_logit - log_normalizer(logits.reshape(-1, logits.shape[-1])).view(ids.shape))
         return ids, prob
 
     @property
@@ -361,7 +357,6 @@ def generate(
     for k in range(steps):
         log_snr_t, log_snr_s = log_snrs[k], log_snrs[k + 1]
         nfe_before = source.nfe
-        probs = None
         if sampler == "ancestral":
             alpha_t = float(alpha_from_log_snr(torch.tensor(log_snr_t, dtype=torch.float64), min_log_snr, max_log_snr))
             alpha_s = float(alpha_from_log_snr(torch.tensor(log_snr_s, dtype=torch.float64), min_log_snr, max_log_snr))
@@ -369,9 +364,7 @@ def generate(
                                             log_snr_t=log_snr_t, mixing=mixing, temperature=temperature,
                                             top_k=top_k, top_p=top_p, generator=gen)
         elif sampler == "adaptive":
-            logits = source.full()
-            probs = torch.softmax(logits, dim=-1)
-            new, committed = adaptive_step(probs, logits, canvas, free, tokens_per_step=tokens_per_step,
+            new, committed = adaptive_step(source.full(), canvas, free, tokens_per_step=tokens_per_step,
                                            temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
         else:
             new, committed = greedy_step(source.full(), canvas, free)
@@ -382,7 +375,7 @@ def generate(
         stop = False
         if observe:
             info = StepInfo(k, steps, log_snr_t, log_snr_s, new, committed, changed, source.nfe, reused,
-                            plan.prompt_lengths, plan.budgets, source=source, probs=probs)
+                            plan.prompt_lengths, plan.budgets, source=source)
             if trajectory is not None:
                 trajectory.frames.append(TrajectoryFrame(k, log_snr_t, log_snr_s, new.cpu(), committed.cpu(),
                                                          info.argmax_prob.cpu()))

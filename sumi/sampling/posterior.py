@@ -20,6 +20,34 @@ import torch
 from sumi.diffusion import MixingDistribution, alpha_from_log_snr
 
 NEG_INF = float("-inf")
+CHUNK_ELEMENTS = 1 << 21
+"""Row reductions over V run on chunks of ~2M logits (8 MB fp32): a chunk's temporaries stay in cache, whereas
+one V-sized temporary for every position (128 MB at B·C = 1024, V = 32k) makes the step memory-bound (3-4x
+slower, measured on 2 cores). Results are bitwise identical: every row is reduced on its own."""
+
+
+def _row_chunks(num_rows: int, vocab: int):
+    step = max(1, CHUNK_ELEMENTS // max(1, vocab))
+    return ((i, min(i + step, num_rows)) for i in range(0, num_rows, step))
+
+
+def log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last axis, [n, V] → [n], computed chunk by chunk."""
+    out = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    for lo, hi in _row_chunks(logits.shape[0], logits.shape[-1]):
+        out[lo:hi] = torch.logsumexp(logits[lo:hi], dim=-1)
+    return out
+
+
+def confidence(logits: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max_v x̂(v), x̂(z)) with x̂ = softmax(logits) per row; logits [n, V], z [n] → two [n] tensors."""
+    p_max = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    p_z = torch.empty_like(p_max)
+    for lo, hi in _row_chunks(logits.shape[0], logits.shape[-1]):
+        probs = torch.softmax(logits[lo:hi], dim=-1)
+        p_max[lo:hi] = probs.amax(-1)
+        p_z[lo:hi] = probs.gather(-1, z[lo:hi, None]).squeeze(-1)
+    return p_max, p_z
 
 
 def truncate_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,

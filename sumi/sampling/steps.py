@@ -12,7 +12,13 @@ from collections.abc import Callable
 import torch
 
 from sumi.diffusion import MixingDistribution
-from sumi.sampling.posterior import sample_rows, truncate_logits, uniform_posterior_weights
+from sumi.sampling.posterior import (
+    confidence,
+    log_normalizer,
+    sample_rows,
+    truncate_logits,
+    uniform_posterior_weights,
+)
 
 
 def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: torch.Tensor, free: torch.Tensor,
@@ -39,7 +45,7 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
         scaled = None
     else:
         scaled = truncate_logits(logits, temperature, top_k, top_p)
-        log_norm = torch.logsumexp(scaled, dim=-1)
+        log_norm = log_normalizer(scaled)
         x_hat_at_z = torch.exp(scaled.gather(-1, z[:, None]).squeeze(-1).double() - log_norm.double())
     pi_at_z = mixing.pi_at(z, torch.tensor(log_snr_t, device=canvas.device))
     keep, from_data, _ = uniform_posterior_weights(x_hat_at_z, pi_at_z, alpha_t, alpha_s)
@@ -59,24 +65,25 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
     return new, committed
 
 
-def adaptive_step(probs: torch.Tensor, logits: torch.Tensor, canvas: torch.Tensor, free: torch.Tensor, *,
-                  tokens_per_step: int, temperature: float, top_k: int | None, top_p: float | None,
+def adaptive_step(logits: torch.Tensor, canvas: torch.Tensor, free: torch.Tensor, *, tokens_per_step: int,
+                  temperature: float, top_k: int | None, top_p: float | None,
                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Commit the ``tokens_per_step`` most confident free positions per row (sumi-model §4, gidd-math §4.5).
 
-    Confidence c_i = max_v x̂_i(v) − x̂_i(z_i) with x̂ = softmax(logits) untempered (``probs`` [B, C, V]); the chosen
-    positions take the argmax (T = 0) or a draw from the tempered, truncated softmax. For uniform noise the
-    prior weight π(z_i) of the reference is the same for every position, so it does not change the ranking.
+    Confidence c_i = max_v x̂_i(v) − x̂_i(z_i) with x̂ = softmax(logits) untempered; the chosen positions take the
+    argmax of x̂ (T = 0) or a draw from the tempered, truncated softmax. For uniform noise the prior weight π(z_i)
+    of the reference is the same for every position, so it does not change the ranking.
     """
-    p_max = probs.amax(-1)  # values only: the argmax is needed at the chosen positions alone
-    score = (p_max - probs.gather(-1, canvas[..., None]).squeeze(-1)).masked_fill(~free, float("-inf"))
-    k = min(tokens_per_step, canvas.shape[1])
+    batch, length, vocab = logits.shape
+    p_max, p_z = confidence(logits.reshape(-1, vocab), canvas.reshape(-1))
+    score = (p_max - p_z).view(batch, length).masked_fill(~free, float("-inf"))
+    k = min(tokens_per_step, length)
     top = torch.topk(score, k, dim=-1)
     chosen = top.values > float("-inf")  # rows with fewer free positions than k
-    rows = torch.arange(canvas.shape[0], device=canvas.device)[:, None].expand_as(top.indices)
+    rows = torch.arange(batch, device=canvas.device)[:, None].expand_as(top.indices)
     rows, cols = rows[chosen], top.indices[chosen]
     if temperature == 0:
-        tokens = probs[rows, cols].argmax(-1)
+        tokens = torch.softmax(logits[rows, cols], dim=-1).argmax(-1)  # the argmax of x̂, as the release takes it
     else:
         tokens = sample_rows(truncate_logits(logits[rows, cols], temperature, top_k, top_p), generator)
     new = canvas.clone()
