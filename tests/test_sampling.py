@@ -157,6 +157,8 @@ def test_sliding_continues_structure():
     assert out.nfe > 0 and out.canvas.shape == (1, 16)
     with pytest.raises(InputError, match="sliding"):
         generate(model, [[0, 5]], max_new_tokens=40, sampler="greedy")
+    with pytest.raises(InputError, match="initial_canvas cannot be combined with sliding"):
+        generate(model, [[0, 5]], max_new_tokens=40, sliding=True, initial_canvas=torch.zeros(1, 16, dtype=torch.long))
 
 
 def test_self_correct_repairs_and_respects_frozen():

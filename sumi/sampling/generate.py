@@ -336,7 +336,6 @@ def generate(
     )
     canvas, free = plan.canvas, plan.free_mask
     log_snrs = step_log_snrs(steps, schedule, min_log_snr, max_log_snr).tolist()
-    mixing = uniform(vocab_size)
     deterministic = sampler == "greedy" or (sampler == "adaptive" and temperature == 0)
     trajectory = None
     if return_trajectory:
@@ -351,23 +350,16 @@ def generate(
         from tqdm.auto import tqdm
 
         progress = tqdm(total=steps, desc=f"{sampler} sampling", unit="step")
+    step = _sampler_step(sampler, vocab_size=vocab_size, temperature=temperature, top_k=top_k, top_p=top_p,
+                         tokens_per_step=tokens_per_step, min_log_snr=min_log_snr, max_log_snr=max_log_snr,
+                         generator=gen)
     source = LogitSource(model, vocab_size)
     source.update(canvas)
     steps_run = 0
     for k in range(steps):
         log_snr_t, log_snr_s = log_snrs[k], log_snrs[k + 1]
         nfe_before = source.nfe
-        if sampler == "ancestral":
-            alpha_t = float(alpha_from_log_snr(torch.tensor(log_snr_t, dtype=torch.float64), min_log_snr, max_log_snr))
-            alpha_s = float(alpha_from_log_snr(torch.tensor(log_snr_s, dtype=torch.float64), min_log_snr, max_log_snr))
-            new, committed = ancestral_step(source.at, canvas, free, alpha_t=alpha_t, alpha_s=alpha_s,
-                                            log_snr_t=log_snr_t, mixing=mixing, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, generator=gen)
-        elif sampler == "adaptive":
-            new, committed = adaptive_step(source.full(), canvas, free, tokens_per_step=tokens_per_step,
-                                           temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
-        else:
-            new, committed = greedy_step(source.full(), canvas, free)
+        new, committed = step(source, canvas, free, log_snr_t, log_snr_s)
         changed = new != canvas
         stale = changed.any(dim=1)
         reused = source.nfe == nfe_before
@@ -400,8 +392,29 @@ def generate(
                             frozen_mask=plan.frozen_mask)
 
 
+def _sampler_step(sampler: str, *, vocab_size: int, temperature: float, top_k: int | None, top_p: float | None,
+                  tokens_per_step: int, min_log_snr: float, max_log_snr: float, generator: torch.Generator):
+    """``step(source, canvas, free, λ_t, λ_s) -> (new canvas, committed)`` for the chosen sampler."""
+    mixing = uniform(vocab_size)
+
+    def alpha(log_snr: float) -> float:
+        return float(alpha_from_log_snr(torch.tensor(log_snr, dtype=torch.float64), min_log_snr, max_log_snr))
+
+    def step(source: LogitSource, canvas: torch.Tensor, free: torch.Tensor, log_snr_t: float, log_snr_s: float):
+        if sampler == "ancestral":
+            return ancestral_step(source.at, canvas, free, alpha_t=alpha(log_snr_t), alpha_s=alpha(log_snr_s),
+                                  log_snr_t=log_snr_t, mixing=mixing, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, generator=generator)
+        if sampler == "adaptive":
+            return adaptive_step(source.full(), canvas, free, tokens_per_step=tokens_per_step,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        return greedy_step(source.full(), canvas, free)
+
+    return step
+
+
 def _reject_for_sliding(**options) -> dict:
-    used = [name for name, value in options.items() if value not in (None, False)]
+    used = [name for name, value in options.items() if value is not None and value is not False]
     if used:
         raise InputError(f"{', '.join(used)} cannot be combined with sliding=True (each window has its own canvas)")
     return {}
