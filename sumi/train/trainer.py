@@ -68,8 +68,9 @@ LoaderFactory = Callable[[str, int, int], Any]
 def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) -> LoaderFactory:
     """Read ``sumi.data.PackedLoader`` shards; every rank reads the whole global batch (rank 0 of 1).
 
-    Train batches are shuffled and endless; held-out batches are read in order, without dropping the last
-    partial batch, and checked by size only (they are re-opened at every evaluation).
+    Train batches are shuffled and endless. Held-out batches are shuffled with the fixed evaluation seed (so the
+    first batches sample all held-out documents, the same ones at every evaluation), keep the last partial batch,
+    and are checked by size only (they are re-opened at every evaluation).
     """
     from sumi.data import PackedLoader
 
@@ -78,7 +79,7 @@ def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) 
             return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=0, world_size=1,
                                 vocab_size=vocab_size)
         return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=0, world_size=1,
-                            shuffle=False, drop_last=False, verify="size", vocab_size=vocab_size)
+                            drop_last=False, verify="size", vocab_size=vocab_size)
 
     return make
 
@@ -289,8 +290,9 @@ class Trainer:
     def evaluate(self) -> float:
         """Held-out NELBO (UDLM; nats/token) or exact NLL (AR): token-weighted mean of the ``elbo`` metric.
 
-        Fixed held-out batches and a fixed noise seed, so every evaluation of a run sees the same z and t; t is
-        one per sequence (the NELBO of a sequence is an expectation over one shared noise level).
+        Fixed (seeded, shuffled) held-out batches and a fixed noise seed, so every evaluation of a run sees the
+        same x, z and t; t is one per sequence (the NELBO of a sequence is an expectation over one shared noise
+        level).
         """
         tc = self.cfg.training
         self.module.eval()
