@@ -269,3 +269,18 @@ def test_activation_checkpointing_gives_the_same_curve(tmp_path, canvases):
                                torch.tensor([r["loss"] for r in plain.history if "loss" in r]), rtol=1e-6, atol=0)
     assert set(ac.model.state_dict()) == set(Trainer(tiny_run(tmp_path / "c"), loader_factory=factory(
         canvases)).model.state_dict())  # release names unchanged
+
+
+def test_init_from_checkpoint_or_export_loads_weights_only(tmp_path, canvases):
+    first = Trainer(tiny_run(tmp_path / "one", "training.steps=2", "schedule.warmup_steps=1",
+                             "checkpoint.export=true"), loader_factory=factory(canvases))
+    result = first.fit()
+    trained = first.model.state_dict()
+    for source in (tmp_path / "one" / "checkpoints", result.model_dir):
+        second = Trainer(tiny_run(tmp_path / "two", f"model.init_from={source}"), loader_factory=factory(canvases))
+        assert second.step == 0 and second.scheduler.step_count == 0
+        for name, value in second.model.state_dict().items():
+            assert torch.equal(value, trained[name]), (source, name)
+    with pytest.raises(ConfigError, match="does not match the configured model"):
+        Trainer(tiny_run(tmp_path / "three", f"model.init_from={result.model_dir}", "model.overrides.hidden_size=32",
+                         "model.overrides.head_dim=8"), loader_factory=factory(canvases))

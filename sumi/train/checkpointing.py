@@ -77,6 +77,18 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def load_model_weights(path: str | Path, model: nn.Module) -> None:
+    """Copy the ``model.*`` tensors of a training checkpoint into a plain (unsharded) model, in place."""
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a DCP checkpoint directory (no .metadata)")
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)
+    model.load_state_dict(state["model"])
+
+
 class Checkpointer:
     """Saves and restores model, optimizer and trainer state under ``root`` (see module docstring)."""
 

@@ -41,6 +41,9 @@ class ModelSection:
     """Train the autoregressive baseline (causal mask, next-token cross-entropy) instead of the UDLM."""
     init_seed: int = 0
     """Seed of :meth:`SumiForMaskGeneration.init_weights` (the same on every rank)."""
+    init_from: str = ""
+    """Start from these weights (a release-layout model directory or a training checkpoint ``step-…``
+    directory; weights only: optimizer, schedule and data start fresh), e.g. stage 2 from stage 1."""
     attn_implementation: str = "sdpa"
     """``sdpa`` (fused) or ``eager`` (reference) attention."""
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from sumi.diffusion import TimeSampler, alpha_from_time, uniform
 from sumi.errors import ConfigError, SumiError
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
-from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng
+from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_model_weights
 from sumi.train.config import RunConfig
 from sumi.train.fused_loss import fused_sumi_loss
 from sumi.train.metrics import MetricsLogger, plot_loss_curve
@@ -135,6 +135,8 @@ class Trainer:
         self.causal = self.model_config.is_causal
         # Same seed on every rank: identical full weights before FSDP2 shards or DDP broadcasts them.
         self.model = SumiForMaskGeneration.from_config(self.model_config, seed=cfg.model.init_seed)
+        if cfg.model.init_from:
+            self._init_from(cfg.model.init_from)
         self.model.set_attn_implementation(cfg.model.attn_implementation)
         self.model.to(self.env.device)
         self.module = parallelize(self.model, self.env, parallelism=parallelism, compile=tc.compile,
@@ -152,6 +154,25 @@ class Trainer:
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.step = 0
         self.tokens_seen = 0
+
+    def _init_from(self, path: str) -> None:
+        """Weights from a release-layout directory or a training checkpoint (before sharding; every rank)."""
+        from sumi.checkpoint import is_model_dir, load_model
+
+        path = Path(path)
+        if (path / "latest").is_file():  # a checkpoints directory: its newest complete checkpoint
+            path = Checkpointer(path).latest() or path
+        if is_model_dir(path):
+            source = load_model(path, dtype=torch.float32).state_dict()
+            mine = self.model.state_dict()
+            bad = [k for k in mine if k not in source or source[k].shape != mine[k].shape]
+            if bad:
+                raise ConfigError(f"model.init_from={path} does not match the configured model at {bad[:3]}; "
+                                  "use the same architecture (model.preset / model.overrides)")
+            self.model.load_state_dict(source)
+        else:
+            load_model_weights(path, self.model)
+        logger.info("initialised the weights from %s", path)
 
     def _grad_accum_steps(self) -> int:
         tc = self.cfg.training
