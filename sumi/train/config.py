@@ -144,8 +144,8 @@ class ScheduleSection:
 
     kind: str = "wsd"
     """``wsd`` (warmup-stable-decay), ``cosine`` or ``constant`` (after warmup)."""
-    warmup_steps: int = 2000
-    """Linear warmup from lr/warmup_steps to the peak lr."""
+    warmup_steps: int = 100
+    """Linear warmup from lr/warmup_steps to the peak lr (Sumi: 2000)."""
     decay_fraction: float = 0.1
     """wsd: share of all steps spent in the final linear cooldown."""
     min_lr: float = 2e-5
