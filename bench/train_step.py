@@ -2,9 +2,9 @@
 vocab 32000, seq 512) against the fp32 matmul peak measured in the same process.
 
 One step = forward + Sumi loss + backward + gradient clipping + AdamW, exactly as ``sumi train`` does it (noise
-drawn outside the timed region; the trainer's fused loss, ``sumi.train.fused_loss``). Variants: ``eager`` (SDPA
+drawn outside the timed region; the model's own fast loss, ``sumi.diffusion.loss.sumi_loss``). Variants: ``eager`` (SDPA
 attention), ``compiled`` (``torch.compile`` of the model), ``eager_attn`` (the explicit reference attention) and
-``eager_ref_loss`` (the model's own reference ``sumi_loss``). Also times the two losses alone (forward + backward
+``eager_ref_loss`` (the reference ``sumi_loss_reference``). Also times the two losses alone (forward + backward
 from logits) to show their share of the step.
 
 Model FLOPs per step (PaLM convention, bidirectional attention so no causal halving):
@@ -29,10 +29,10 @@ import torch  # noqa: E402
 
 from sumi.config import sumi_tiny  # noqa: E402
 from sumi.diffusion import TimeSampler, alpha_from_time, uniform  # noqa: E402
-from sumi.diffusion.loss import sumi_loss  # noqa: E402
+from sumi.diffusion.loss import sumi_loss as fused_sumi_loss  # noqa: E402
+from sumi.diffusion.loss import sumi_loss_reference as sumi_loss  # noqa: E402
 from sumi.model import SumiForMaskGeneration  # noqa: E402
 from sumi.train.config import OptimizerSection  # noqa: E402
-from sumi.train.fused_loss import fused_sumi_loss  # noqa: E402
 from sumi.train.optim import build_optimizer  # noqa: E402
 
 
@@ -71,9 +71,9 @@ def one_step(model, optimizer, batch, fused: bool) -> float:
     z, x, t = batch
     start = time.perf_counter()
     if fused:
-        loss = fused_sumi_loss(model(z, validate=False).logits, z, x, t)[0]
-    else:
         loss = model(z, labels=x, t=t, validate=False).loss
+    else:
+        loss = sumi_loss(model(z, validate=False).logits, z, x, t)[0]
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()

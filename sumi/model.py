@@ -314,7 +314,7 @@ class SumiForMaskGeneration(nn.Module):
             attention_mask: optional [B,S] keep-mask over keys (1/True = real token, 0 = padding).
             labels: optional [B,S] clean ids x; −100 marks positions excluded from the loss.
             t: diffusion time(s) in (0,1), shape [B], [B,1] or [B,S] (α = 1 − t). Required with ``labels``.
-            validate: check id ranges (one host sync); the trainer turns it off in its hot loop.
+            validate: check id and label ranges (host syncs); the trainer turns it off in its hot loop.
 
         Returns:
             :class:`SumiOutput` with ``logits`` [B,S,V] in the parameter dtype and, with labels, the scalar
@@ -338,6 +338,10 @@ class SumiForMaskGeneration(nn.Module):
             if t is not None:
                 raise InputError("t was given without labels; pass labels (the clean ids) to get a loss")
             return SumiOutput(logits=logits)
+        if validate:
+            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.config.vocab_size))
+            if bool(bad.any()):
+                raise InputError(f"labels must be -100 (ignored) or ids in [0, {self.config.vocab_size})")
         if self.config.is_causal:  # the AR baseline: next-token cross-entropy, no diffusion time
             from sumi.diffusion.loss import causal_lm_loss
 

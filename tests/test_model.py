@@ -178,3 +178,11 @@ def test_meta_construction_then_materialise_matches_direct_init():
     direct = SumiForMaskGeneration.from_config(config, seed=3)
     ids = torch.randint(0, 512, (1, 12))
     torch.testing.assert_close(_logits(model, ids), _logits(direct, ids))
+
+
+def test_labels_out_of_range_are_rejected(tiny_model):
+    ids = torch.randint(0, 512, (1, 8))
+    labels = ids.clone()
+    labels[0, 3] = 512
+    with pytest.raises(InputError, match=r"labels must be -100 \(ignored\) or ids in \[0, 512\)"):
+        tiny_model(ids, labels=labels, t=torch.tensor([0.5]))

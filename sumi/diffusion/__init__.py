@@ -12,6 +12,7 @@ from sumi.diffusion.loss import (
     gidd_terms_at_log_snr,
     loss_weights,
     sumi_loss,
+    sumi_loss_reference,
 )
 from sumi.diffusion.mixing import MixingDistribution, uniform
 from sumi.diffusion.schedule import (
@@ -27,6 +28,7 @@ from sumi.diffusion.schedule import (
 
 __all__ = [
     "GiddTerms", "causal_lm_loss", "gidd_terms", "gidd_terms_at_log_snr", "loss_weights", "sumi_loss",
+    "sumi_loss_reference",
     "MixingDistribution", "uniform", "LOG_SNR_MAX", "LOG_SNR_MIN", "TimeSampler", "alpha_from_log_snr",
     "alpha_from_time", "log_snr_density", "log_snr_from_alpha", "time_range",
 ]

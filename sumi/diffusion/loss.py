@@ -158,29 +158,71 @@ def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: to
               vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sumi's training loss (``sumi-model.md`` §3): mean over non-ignored tokens of w·KL + β_IS·w·IS + ζ·lse².
 
+    The fast path: for uniform noise every V-axis quantity reduces to four numbers per token, computed with a
+    closed-form backward (:mod:`sumi.diffusion.fused`), so autograd keeps only the logits. It equals
+    :func:`sumi_loss_reference` (values, metrics, gradients); that path is used when the 1e-12 log floor could
+    bind (β/V ≤ 1e-12, far outside Sumi's λ range).
+
     Args:
         logits: [B,S,V'] model logits; only the first ``vocab_size`` columns are used (a run may pad V).
-        z: [B,S] noisy ids the model saw; labels: [B,S] clean ids, −100 = ignore.
+        z: [B,S] noisy ids the model saw; labels: [B,S] clean ids, −100 = ignore (ids are not range-checked
+            here, to keep the hot path free of host syncs: the model's forward validates them).
         t: diffusion time, [B], [B,1] or [B,S]; α = 1 − t.
     Returns:
         (loss, metrics) — loss a differentiable scalar; metrics detached means over counted tokens:
         ``elbo`` (E_tok), ``kl`` (w·KL), ``is`` (w·IS), ``z_loss`` (lse²), ``tokens``.
     """
+    from sumi.diffusion.fused import UniformLogTerms
+
+    v_size = vocab_size or logits.shape[-1]
+    logits = logits[..., :v_size]
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # fp64 kept for exactness tests
+    valid, x, alpha = _loss_inputs(logits, z, labels, t)
+    alpha = alpha.to(logits.dtype)
+    c = (1 - alpha) / v_size  # β·π(v), the same at every id
+    log_c = torch.log(c)
+    if bool((log_c <= LOG_FLOOR).any()):  # a data-independent check on t only; the floor would bind
+        return sumi_loss_reference(logits, z, labels, t, beta_is=beta_is, z_loss=z_loss, vocab_size=v_size)
+    n = z.numel()
+    sum_log_p, log_p_x, log_p_z, lse = (v.view(z.shape) for v in UniformLogTerms.apply(
+        logits.reshape(n, v_size), x.reshape(n), z.reshape(n), torch.log(alpha).reshape(n), log_c.reshape(n)))
+    q_x = alpha + c
+    kl = (_xlogx(q_x) + (v_size - 1) * _xlogx(c) - alpha * log_p_x - c * sum_log_p).clamp_min(0)
+    log_r = torch.log(torch.where(z == x, q_x, c).clamp_min(1e-12)) - log_p_z
+    itakura_saito = torch.exp(log_r) - log_r - 1
+    w, w_elbo = loss_weights(z, x, alpha, log_snr_from_alpha(alpha), uniform(v_size))
+    terms = GiddTerms(kl=kl, itakura_saito=itakura_saito, loss_weight=w, elbo_weight=w_elbo)
+    return _token_mean(terms, lse.pow(2), valid, beta_is, z_loss)
+
+
+def sumi_loss_reference(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: torch.Tensor | float, *,
+                        beta_is: float = 1.0, z_loss: float = 1e-5,
+                        vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`sumi_loss` through the general :func:`gidd_terms` (autograd through V-sized tensors)."""
+    v_size = vocab_size or logits.shape[-1]
+    logits = logits[..., :v_size]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    valid, x, alpha = _loss_inputs(logits, z, labels, t)
+    terms = gidd_terms(logits, x, z, alpha, log_snr_from_alpha(alpha), uniform(v_size))
+    return _token_mean(terms, torch.logsumexp(logits, dim=-1).pow(2), valid, beta_is, z_loss)
+
+
+def _loss_inputs(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor,
+                 t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid mask, labels with ignored positions set to id 0, α = 1 − t as [B,S] fp32)."""
     if labels.shape != z.shape:
         raise InputError(f"labels shape {tuple(labels.shape)} must equal input_ids shape {tuple(z.shape)}")
-    v_size = vocab_size or logits.shape[-1]
-    logits = logits[..., :v_size].float()
     valid = labels != IGNORE_INDEX
     x = torch.where(valid, labels, 0)
-    if bool(((x < 0) | (x >= v_size)).any()):
-        raise InputError(f"labels must be −100 or ids in [0, {v_size})")
-    alpha = alpha_from_time(_broadcast_time(t, z.shape, logits.device))
-    terms = gidd_terms(logits, x, z, alpha, log_snr_from_alpha(alpha), uniform(v_size))
-    lse_sq = torch.logsumexp(logits, dim=-1).pow(2)
+    return valid, x, alpha_from_time(_broadcast_time(t, z.shape, logits.device))
+
+
+def _token_mean(terms: GiddTerms, lse_sq: torch.Tensor, valid: torch.Tensor, beta_is: float,
+                z_loss: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss L_tok + ζ·lse² averaged over counted tokens, and the detached metrics."""
     loss_tok = terms.loss(beta_is) + z_loss * lse_sq
     weight = valid.to(loss_tok.dtype)
     count = weight.sum().clamp_min(1)
-    loss = (loss_tok * weight).sum() / count
 
     def mean(v: torch.Tensor) -> torch.Tensor:
         return ((v * weight).sum() / count).detach()
@@ -192,7 +234,7 @@ def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: to
         "z_loss": mean(lse_sq),
         "tokens": weight.sum().detach(),
     }
-    return loss, metrics
+    return (loss_tok * weight).sum() / count, metrics
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -184,8 +184,8 @@ class TrainingSection:
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward (saves memory, costs ~1/3 more compute)."""
     fused_loss: bool = True
-    """UDLM: the trainer's exact uniform-noise loss with a closed-form backward (``sumi.train.fused_loss``)
-    instead of the model's reference ``sumi_loss``; same values, fewer V-sized temporaries."""
+    """UDLM: the exact uniform-noise loss with a closed-form backward (``sumi.diffusion.loss.sumi_loss``, the
+    model's own loss); false uses ``sumi_loss_reference`` (autograd through V-sized temporaries, same values)."""
     log_every: int = 10
     """Write a metrics record every this many steps (and at the last step)."""
     eval_every: int = 0

@@ -29,11 +29,11 @@ import torch
 import torch.distributed as dist
 
 from sumi.diffusion import TimeSampler, alpha_from_time, uniform
+from sumi.diffusion.loss import sumi_loss_reference
 from sumi.errors import ConfigError, SumiError
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
 from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_model_weights
 from sumi.train.config import RunConfig
-from sumi.train.fused_loss import fused_sumi_loss
 from sumi.train.metrics import MetricsLogger, plot_loss_curve
 from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
 from sumi.train.parallelize import DistEnv, init_distributed, parallelize
@@ -247,12 +247,12 @@ class Trainer:
 
     def _forward(self, z: torch.Tensor, t: torch.Tensor | None, x: torch.Tensor) -> SumiOutput:
         with self._autocast():
-            if self.causal or not self.cfg.training.fused_loss:
+            if self.causal or self.cfg.training.fused_loss:
                 return self.module(z, labels=x, t=t, validate=False)
             logits = self.module(z, validate=False).logits
         c = self.model_config
-        loss, metrics = fused_sumi_loss(logits, z, x, t, beta_is=c.uniform_diffusion_beta_is,
-                                        z_loss=c.uniform_diffusion_z_loss_strength, vocab_size=c.vocab_size)
+        loss, metrics = sumi_loss_reference(logits, z, x, t, beta_is=c.uniform_diffusion_beta_is,
+                                            z_loss=c.uniform_diffusion_z_loss_strength, vocab_size=c.vocab_size)
         return SumiOutput(logits=logits, loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ reductions
