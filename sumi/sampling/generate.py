@@ -215,9 +215,10 @@ class LogitSource:
         if not bool(mask.any()):
             return torch.empty(0, self.vocab_size, device=mask.device)
         self._ensure()
-        if self.logits is not None:
-            return self.logits[mask]
-        return self._head(self.hidden[mask])
+        everything = bool(mask.all())
+        if self.logits is not None:  # boolean indexing copies: skip it when every position is asked for
+            return self.logits.reshape(-1, self.vocab_size) if everything else self.logits[mask]
+        return self._head(self.hidden.reshape(-1, self.hidden.shape[-1]) if everything else self.hidden[mask])
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator:

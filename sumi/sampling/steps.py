@@ -31,7 +31,7 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
     (row-major order); it is called once, only for the positions that need them. Keep probability
     w_keep = α_{t|s}·q_s(z)/q_t(z) is at least w_min = α_{t|s}(1 − α_s)/(1 − α_t) = e^{λ_t − λ_s} (x̂(z) = 0), so with
     u ~ U[0, 1) drawn first, positions with u < w_min keep z_t whatever the model says: in the middle of a
-    64-step schedule that is ~95% of them. The others need x̂(z_t) (one logsumexp and one gather), and only the
+    64-step linear schedule that is ~94% of them. The others need x̂(z_t) (one logsumexp and one gather), and only the
     few whose component is "draw from x̂" need a full-row draw. No V-sized posterior is ever built.
     """
     u = torch.rand(canvas.shape, dtype=torch.float64, device=canvas.device, generator=generator)
