@@ -230,33 +230,30 @@ class SumiForMaskGeneration(nn.Module):
         model.init_weights(seed=seed)
         return model.to(dtype=dtype) if dtype is not None else model
 
+    def initial_value(self, name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        """The fp32 initial value of parameter ``name`` — the whole init policy, in one place.
+
+        Normal(0, initializer_range) for embeddings and linear weights; RMSNorm gains 1. Residual-output
+        projections (o_proj, down_proj) are scaled by 1/sqrt(2·layers) so the residual stream's variance stays
+        O(1) at depth (GPT-2 convention). Draws from ``generator`` (CPU) in the order parameters are visited, so
+        a sharded initialisation that visits the same names gives the same weights.
+        """
+        if name.endswith("norm.weight") or "layernorm" in name:
+            return torch.ones(shape)
+        std = self.config.initializer_range
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            std /= math.sqrt(2 * self.config.num_hidden_layers)
+        return torch.randn(shape, generator=generator, dtype=torch.float32) * std
+
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """Normal(0, initializer_range) for embeddings and linear weights; RMSNorm gains 1; RoPE tables.
-
-        Residual-output projections (o_proj, down_proj) are scaled by 1/sqrt(2·layers) so the residual stream's
-        variance stays O(1) at depth (GPT-2 convention).
-        """
+        """Initialise every parameter with :meth:`initial_value` and build the RoPE tables (no-op on meta)."""
         gen = torch.Generator(device="cpu")
         if seed is not None:
             gen.manual_seed(seed)
-        std = self.config.initializer_range
-        depth_scale = 1.0 / math.sqrt(2 * self.config.num_hidden_layers)
-
-        def normal_(param: torch.Tensor, scale: float = 1.0) -> None:
-            if param.device.type == "meta":
-                return
-            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * (std * scale)
-            param.copy_(values.to(param.dtype))
-
         for name, param in self.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                if param.device.type != "meta":
-                    param.fill_(1.0)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                normal_(param, depth_scale)
-            else:
-                normal_(param)
+            if param.device.type != "meta":
+                param.copy_(self.initial_value(name, param.shape, gen).to(param.dtype))
         self.model.rotary.init_tables()
 
     def set_attn_implementation(self, name: str) -> None:

@@ -69,6 +69,29 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         block.forward = forward
 
 
+@torch.no_grad()
+def materialize_sharded(model: nn.Module, device: torch.device, seed: int | None) -> None:
+    """Allocate a model built on the meta device and sharded by FSDP2, then initialise it shard by shard.
+
+    Every rank draws each parameter's full initial value with the model's own policy
+    (:meth:`~sumi.model.SumiForMaskGeneration.initial_value`, same seed and order as ``init_weights``) and keeps
+    only its shard, so host memory peaks at one full parameter, not one full model, and the weights equal a
+    single-process initialisation exactly.
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    model.to_empty(device=device)
+    gen = torch.Generator(device="cpu")
+    if seed is not None:
+        gen.manual_seed(seed)
+    for name, param in model.named_parameters():
+        full = model.initial_value(name, param.shape, gen).to(device=device, dtype=param.dtype)
+        if isinstance(param, DTensor):
+            full = distribute_tensor(full, param.device_mesh, param.placements)
+        param.copy_(full)
+    model.model.rotary.init_tables()
+
+
 def parallelize(model: nn.Module, env: DistEnv, *, parallelism: str = "none", compile: bool = False,
                 activation_checkpointing: bool = False) -> nn.Module:
     """Return the module to train (the model itself, or its DDP wrapper); FSDP2 shards it in place.

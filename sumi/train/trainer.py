@@ -36,7 +36,7 @@ from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_
 from sumi.train.config import RunConfig
 from sumi.train.metrics import MetricsLogger, plot_loss_curve
 from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
-from sumi.train.parallelize import DistEnv, init_distributed, parallelize
+from sumi.train.parallelize import DistEnv, init_distributed, materialize_sharded, parallelize
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +133,23 @@ class Trainer:
         parallelism = tc.parallelism if tc.parallelism != "auto" else (
             "fsdp" if self.env.distributed else "none")
         self.causal = self.model_config.is_causal
-        # Same seed on every rank: identical full weights before FSDP2 shards or DDP broadcasts them.
-        self.model = SumiForMaskGeneration.from_config(self.model_config, seed=cfg.model.init_seed)
-        if cfg.model.init_from:
-            self._init_from(cfg.model.init_from)
+        # FSDP2 builds the model on the meta device and materialises only each rank's shard (a 7B model never
+        # exists in full on one host); otherwise every rank builds identical full weights (same seed) that DDP
+        # broadcasts. Both give exactly the single-process initialisation.
+        meta_init = parallelism == "fsdp" and self.env.distributed and not cfg.model.init_from
+        if meta_init:
+            with torch.device("meta"):
+                self.model = SumiForMaskGeneration(self.model_config)
+        else:
+            self.model = SumiForMaskGeneration.from_config(self.model_config, seed=cfg.model.init_seed)
+            if cfg.model.init_from:
+                self._init_from(cfg.model.init_from)
+            self.model.to(self.env.device)
         self.model.set_attn_implementation(cfg.model.attn_implementation)
-        self.model.to(self.env.device)
         self.module = parallelize(self.model, self.env, parallelism=parallelism, compile=tc.compile,
                                   activation_checkpointing=tc.activation_checkpointing)
+        if meta_init:
+            materialize_sharded(self.model, self.env.device, cfg.model.init_seed)
         self.parallelism = parallelism
         self.grad_accum_steps = self._grad_accum_steps()
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
