@@ -13,14 +13,8 @@ import time
 
 import torch
 
-from sumi.config import sumi_tiny
+from sumi.config import get_preset
 from sumi.model import SumiForMaskGeneration
-
-
-def bench_config():
-    return sumi_tiny().replace(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                               num_attention_heads=8, num_key_value_heads=2, head_dim=64,
-                               max_position_embeddings=2048)
 
 
 def interleaved_best_times(model, ids, impls, repeats):
@@ -45,7 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = bench_config()
+    config = get_preset("sumi-25m")
     model = SumiForMaskGeneration.from_config(config, seed=0).eval()
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen)

@@ -22,25 +22,19 @@ Usage: ``python bench/sample.py [--timed-steps 6] [--repeats 2] [--threads 2]``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
 import torch
 from torch import nn
 
-from sumi.config import sumi_tiny
+from sumi.config import get_preset
 from sumi.model import SumiForMaskGeneration
 from sumi.sampling import generate, plan_canvas
 from sumi.sampling.reference import reference_generate
 
 CANVAS, PROMPT, NEW_TOKENS, STEPS = 256, 16, 64, 64
 
-
-def bench_config():
-    return dataclasses.replace(sumi_tiny(), vocab_size=32000, hidden_size=512, intermediate_size=1408,
-                               num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
-                               max_position_embeddings=CANVAS)
 
 
 class PrecomputedLogits(nn.Module):
@@ -89,7 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = bench_config()
+    config = get_preset("sumi-25m").replace(max_position_embeddings=CANVAS)
     model = SumiForMaskGeneration.from_config(config, seed=0).eval()
     n, repeats = args.timed_steps, args.repeats
     result = {"config": {"non_embedding_params": model.num_parameters()["non_embedding"], "vocab": config.vocab_size,

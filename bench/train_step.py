@@ -27,18 +27,13 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor
 
 import torch  # noqa: E402
 
-from sumi.config import sumi_tiny  # noqa: E402
+from sumi.config import get_preset  # noqa: E402
 from sumi.diffusion import TimeSampler, alpha_from_time, uniform  # noqa: E402
 from sumi.diffusion.loss import sumi_loss as fused_sumi_loss  # noqa: E402
 from sumi.diffusion.loss import sumi_loss_reference as sumi_loss  # noqa: E402
 from sumi.model import SumiForMaskGeneration  # noqa: E402
 from sumi.train.config import OptimizerSection  # noqa: E402
 from sumi.train.optim import build_optimizer  # noqa: E402
-
-
-def bench_config():
-    return sumi_tiny().replace(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                               num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=512)
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
@@ -111,7 +106,7 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = bench_config()
+    cfg = get_preset("sumi-25m").replace(max_position_embeddings=512)
     tokens = args.batch * args.seq
     flops = model_flops(cfg, tokens, args.seq)
     batch = make_batch(cfg, args.batch, args.seq)

@@ -269,6 +269,16 @@ def sumi_160m() -> SumiConfig:
     )
 
 
+def sumi_25m() -> SumiConfig:
+    """The benchmark size: ~23M non-embedding parameters (d 512, 8 layers, 8/2 heads, head_dim 64, SwiGLU 1408),
+    vocab 32,000, fp32, ids 0..2 = BOS/EOS/PAD. ``bench/`` measures training and sampling speed on it."""
+    return dataclasses.replace(
+        sumi_7b(), vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, dtype="float32", extra={},
+    )
+
+
 def sumi_tiny() -> SumiConfig:
     """The CPU test size: d 64, 2 layers, 4/2 heads, vocab 512, fp32. Ids 0..2 are BOS/EOS/PAD."""
     return dataclasses.replace(
@@ -282,6 +292,7 @@ PRESETS: dict[str, Callable[[], SumiConfig]] = {
     "sumi-7b": sumi_7b,
     "sumi-1b": sumi_1b,
     "sumi-160m": sumi_160m,
+    "sumi-25m": sumi_25m,
     "sumi-tiny": sumi_tiny,
 }
 

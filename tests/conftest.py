@@ -11,7 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny-model ops are too small to gain from threads, and on a loaded 2-core machine two OpenMP threads wait on
+# each other (a 30x slowdown was measured); tests that need more set it themselves (subprocesses get
+# OMP_NUM_THREADS from their own environment).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

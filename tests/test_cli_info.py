@@ -28,5 +28,5 @@ def test_bad_argument_is_one_clear_line_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "sumi info: error: '/no/such/dir' is neither a model directory nor a preset "
-        "(sumi-7b, sumi-1b, sumi-160m, sumi-tiny)"
+        "(sumi-7b, sumi-1b, sumi-160m, sumi-25m, sumi-tiny)"
     )

@@ -43,7 +43,9 @@ def test_release_config_round_trips_with_unknown_keys_kept(tmp_path):
 
 def test_presets_are_valid_and_ordered_by_size():
     sizes = {name: get_preset(name).num_parameters()["total"] for name in list_presets()}
-    assert sizes["sumi-tiny"] < sizes["sumi-160m"] < sizes["sumi-1b"] < sizes["sumi-7b"] == 7_767_543_808
+    assert sizes["sumi-tiny"] < sizes["sumi-25m"] < sizes["sumi-160m"] < sizes["sumi-1b"] < sizes["sumi-7b"]
+    assert sizes["sumi-7b"] == 7_767_543_808
+    assert 20e6 < get_preset("sumi-25m").num_parameters()["non_embedding"] < 26e6
     assert 150e6 < get_preset("sumi-160m").num_parameters()["non_embedding"] < 170e6
     with pytest.raises(ConfigError, match="available presets"):
         get_preset("sumi-3b")

@@ -9,16 +9,6 @@ from sumi.errors import InputError
 from sumi.sampling import generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny-model ops are too small to gain from threads, and on a loaded machine 2 OpenMP threads wait on
-    each other (a 30x slowdown measured on the 2-core CI box); restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("sampler", ["adaptive", "ancestral", "greedy"])
 def test_generate_layout_and_anchor(tiny_model, sampler):
     prompts = [[0, 5, 6, 7], [0, 9]]

@@ -16,16 +16,6 @@ from sumi.sampling.posterior import clean_distribution, sample_rows, truncate_lo
 from sumi.sampling.reference import reference_generate
 from sumi.sampling.steps import ancestral_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny-model ops are too small to gain from threads, and on a loaded machine 2 OpenMP threads wait on
-    each other (a 30x slowdown measured on the 2-core CI box); restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 WORKED_LOGITS = [1.0, 2.0, 0.5, -1e6, -1.0]  # gidd-math §2.1 with ℓ[m=3] := −1e6
 
 

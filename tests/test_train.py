@@ -57,14 +57,6 @@ def canvases(tiny_tokenizer):
     return {"train": data[:-8], "heldout": data[-8:]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a spinning second thread is very slow on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def factory(canvases):
     return lambda split, batch_size, seed: CanvasLoader(canvases[split], batch_size, seed)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from sumi.train import Trainer, resolve_run_config
@@ -40,13 +39,6 @@ def shards(tmp_path_factory, tiny_tokenizer):
                  show_progress=False)
     return work / "shards"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def common(shards, out, steps):
