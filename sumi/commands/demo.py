@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     tok = _tokenizer(out, args.vocab_size)
     shard_dir = _shards(out, tok, args.seq_len, args.seed)
 
-    overrides = [f"data.shard_dir={shard_dir}", f"training.output_dir={out / 'train'}",
+    overrides = [f"data.shard_dir={shard_dir}", f"training.output_dir={out}",
                  f"training.seed={args.seed}", f"model.overrides.max_position_embeddings={args.seq_len}",
                  f"model.overrides.vocab_size={tok.vocab_size}", f"model.overrides.bos_token_id={tok.bos_token_id}",
                  f"model.overrides.eos_token_id={tok.eos_token_id}",
