@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sumi.diffusion import TimeSampler, alpha_from_time, gidd_terms, log_snr_from_alpha, uniform
@@ -63,3 +64,20 @@ def test_fused_loss_gradcheck_and_padded_vocab():
     padded = torch.cat([logits.detach(), torch.randn(2, 3, 4, dtype=torch.float64)], dim=-1)
     new, _ = fused_sumi_loss(padded, z, labels, t[:, 0], vocab_size=11)
     torch.testing.assert_close(new, reference_fp64(logits.detach(), z, labels, t[:, :1])[0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("vocab", "tiny_t"), [(37, 1e-15), (100278, 6e-8)])
+def test_fused_loss_matches_reference_where_the_log_floor_binds(vocab, tiny_t):
+    """Tiny t makes β/V ≤ 1e-12, so the 1e-12 floor on log p binds: with α rounded to 1 in fp32 (β = 0), and
+    with 0 < β/V < 1e-12 at Sumi's vocabulary (β = 6e-8 in fp32)."""
+    logits, z, labels, t = _case(torch.float64, vocab=vocab, b=2, s=3)
+    t = t.clone()
+    t[0] = tiny_t
+    ref_logits, new_logits = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ref, ref_metrics = sumi_loss(ref_logits, z, labels, t)
+    new, new_metrics = fused_sumi_loss(new_logits, z, labels, t)
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new_metrics["elbo"], ref_metrics["elbo"], rtol=1e-12, atol=1e-12)
+    ref.backward()
+    new.backward()
+    torch.testing.assert_close(new_logits.grad, ref_logits.grad, rtol=1e-10, atol=1e-12)

@@ -14,14 +14,18 @@ and their gradients have closed forms. With r(v) = α·x̂(v) / p(v) = σ(log α
 
 :class:`UniformLogTerms` computes the four terms in forward and rebuilds x̂ and r in backward, so autograd keeps
 only the logits; KL, IS, the weights and the z-loss are then [N]-sized, exactly as in ``gidd_terms``. The
-1e-12 floor on log p(v) is never active when log c > log 1e-12 (c ≥ t_min / V ≈ 1.2e-4 / V);
-:func:`sumi.diffusion.loss.sumi_loss` falls back to the reference otherwise, so it is exact in every case.
+1e-12 floor on log p(v) is applied as in the reference (it binds only when c ≤ 1e-12, i.e. t below ~V·1e-12),
+with its zero gradient masked in backward, so the function is exact in every case and free of host syncs.
 Tested against the reference in float64 (``tests/test_loss_fused.py``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+LOG_FLOOR = math.log(1e-12)  # the same floor as sumi.diffusion.loss (kept here to avoid an import cycle)
 
 
 class UniformLogTerms(torch.autograd.Function):
@@ -31,7 +35,7 @@ class UniformLogTerms(torch.autograd.Function):
     def forward(ctx, logits, x, z, log_alpha, log_c):
         lse = torch.logsumexp(logits, dim=-1)
         shift = (log_alpha - lse)[:, None]  # log(α·x̂(v)) = ℓ_v + shift
-        log_p = torch.logaddexp(logits + shift, log_c[:, None])
+        log_p = torch.logaddexp(logits + shift, log_c[:, None]).clamp_min_(LOG_FLOOR)
         total = log_p.sum(-1)
         log_p_x = log_p.gather(-1, x[:, None]).squeeze(-1)
         log_p_z = log_p.gather(-1, z[:, None]).squeeze(-1)
@@ -42,7 +46,12 @@ class UniformLogTerms(torch.autograd.Function):
     def backward(ctx, g_total, g_x, g_z, g_lse):
         logits, x, z, shift, log_c, lse = ctx.saved_tensors
         x_hat = torch.exp(logits - lse[:, None])
-        r = torch.sigmoid(logits + (shift - log_c[:, None]))
+        # a = log(α·x̂), r = σ(a − log c) = α·x̂/p. The 1e-12 floor on log p binds where α·x̂ + c ≤ 1e-12, i.e.
+        # a ≤ θ = log(1e-12 − c) (only possible when c < 1e-12, t below ~V·1e-12); there log p has no gradient.
+        a = logits + shift
+        theta = torch.where(log_c < LOG_FLOOR, LOG_FLOOR + torch.log1p(-torch.exp(log_c - LOG_FLOOR)), -math.inf)
+        keep = a > theta[:, None]
+        r = torch.sigmoid(a.sub_(log_c[:, None])).mul_(keep)
         r_x = r.gather(-1, x[:, None]).squeeze(-1)
         r_z = r.gather(-1, z[:, None]).squeeze(-1)
         coef = g_lse - g_total * r.sum(-1) - g_x * r_x - g_z * r_z

@@ -160,8 +160,8 @@ def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: to
 
     The fast path: for uniform noise every V-axis quantity reduces to four numbers per token, computed with a
     closed-form backward (:mod:`sumi.diffusion.fused`), so autograd keeps only the logits. It equals
-    :func:`sumi_loss_reference` (values, metrics, gradients); that path is used when the 1e-12 log floor could
-    bind (β/V ≤ 1e-12, far outside Sumi's λ range).
+    :func:`sumi_loss_reference` (values, metrics, gradients, the 1e-12 log floor included) and has no host sync
+    or data-dependent branch, so it compiles into one graph.
 
     Args:
         logits: [B,S,V'] model logits; only the first ``vocab_size`` columns are used (a run may pad V).
@@ -181,8 +181,6 @@ def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: to
     alpha = alpha.to(logits.dtype)
     c = (1 - alpha) / v_size  # β·π(v), the same at every id
     log_c = torch.log(c)
-    if bool((log_c <= LOG_FLOOR).any()):  # a data-independent check on t only; the floor would bind
-        return sumi_loss_reference(logits, z, labels, t, beta_is=beta_is, z_loss=z_loss, vocab_size=v_size)
     n = z.numel()
     sum_log_p, log_p_x, log_p_z, lse = (v.view(z.shape) for v in UniformLogTerms.apply(
         logits.reshape(n, v_size), x.reshape(n), z.reshape(n), torch.log(alpha).reshape(n), log_c.reshape(n)))
