@@ -262,3 +262,30 @@ def is_model_dir(path: str | Path) -> bool:
     """True when ``path`` looks like a model directory (config.json plus safetensors weights)."""
     p = Path(path)
     return (p / CONFIG_NAME).is_file() and ((p / SINGLE_FILE).is_file() or (p / INDEX_FILE).is_file())
+
+
+def resolve_model(model, tokenizer=None, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype | str | None = None):
+    """(model, tokenizer) from objects or a self-contained model directory — what every command needs.
+
+    ``model`` is a loaded model or a directory (config.json + safetensors + tokenizer.json); ``tokenizer`` a
+    :class:`~sumi.tokenizer.SumiTokenizer`, a path/name for :func:`~sumi.tokenizer.load_tokenizer`, or None
+    (the model directory's own). A directory that is not a sumi model raises :class:`CheckpointError`.
+    """
+    if isinstance(model, str | Path):
+        path = Path(model)
+        if not is_model_dir(path):
+            raise CheckpointError(
+                f"{path} is not a sumi model directory (it needs config.json and model.safetensors or a "
+                "sharded index); pass the folder written by save_pretrained / `sumi train`"
+            )
+        if tokenizer is None:
+            if not (path / "tokenizer.json").is_file():
+                raise CheckpointError(f"{path} holds no tokenizer.json; pass a tokenizer explicitly")
+            tokenizer = path
+        model = load_model(path, device=device, dtype=dtype)
+    if isinstance(tokenizer, str | Path):
+        from sumi.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    return model, tokenizer

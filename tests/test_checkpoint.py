@@ -130,3 +130,15 @@ def test_tied_embeddings_round_trip(tmp_path):
     loaded = load_model(tmp_path)
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     assert torch.equal(_logits(loaded), _logits(model))
+
+
+def test_resolve_model_loads_a_self_contained_directory(tmp_path, tiny_model_dir, tiny_model):
+    from sumi.checkpoint import resolve_model
+
+    model, tokenizer = resolve_model(tiny_model_dir)
+    assert torch.equal(_logits(model), _logits(tiny_model)) and tokenizer.vocab_size == 512
+    save_model(tiny_model, tmp_path)  # weights and config, but no tokenizer files
+    with pytest.raises(CheckpointError, match="holds no tokenizer.json; pass a tokenizer explicitly"):
+        resolve_model(tmp_path)
+    with pytest.raises(CheckpointError, match="is not a sumi model directory"):
+        resolve_model(tmp_path / "absent")

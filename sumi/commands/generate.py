@@ -80,19 +80,18 @@ def _read_prompts(args) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sumi.checkpoint import load_model
+    from sumi.checkpoint import resolve_model
     from sumi.sampling import cut_at_stop, generate
     from sumi.sampling.self_correct import self_correct
     from sumi.sampling.visual import LiveView, write_trajectory_gif, write_trajectory_html
-    from sumi.tokenizer import load_tokenizer
 
     wants_view = args.show or args.trajectory is not None or args.gif is not None
     if args.sliding and wants_view:
         raise InputError("--show/--trajectory/--gif follow one canvas; drop --sliding or the views")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=args.device).eval()
+    model, tokenizer = resolve_model(args.model, device=args.device)
+    model.eval()
     texts = _read_prompts(args)
     ids = None if texts is None else [tokenizer.encode(t, add_bos=not args.no_bos) for t in texts]
     batch = 1 if ids is None else len(ids)

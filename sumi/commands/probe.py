@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumi.eval.nelbo import resolve_model
+    from sumi.checkpoint import resolve_model
     from sumi.eval.probes import SWEEPS, ProbeConfig, run_probes
 
     chosen = set(args.sweep or [])

@@ -74,8 +74,9 @@ def _score_shards(args: argparse.Namespace) -> int:
     """Token-weighted NELBO of the first ``--max-canvases`` canvases of a shard split (ids as stored)."""
     import math
 
+    from sumi.checkpoint import resolve_model
     from sumi.data.loader import PackedDataset
-    from sumi.eval.nelbo import NelboConfig, canvas_size, nelbo_of_ids, resolve_model
+    from sumi.eval.nelbo import NelboConfig, canvas_size, nelbo_of_ids
 
     if args.text or args.file or args.prompt or args.continuation:
         raise InputError("--shards scores stored canvases; do not combine it with --text/--file/--prompt")

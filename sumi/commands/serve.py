@@ -34,18 +34,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from sumi.checkpoint import load_model
+    from sumi.checkpoint import resolve_model
     from sumi.errors import ConfigError
     from sumi.serve import Limits, ServeConfig, create_app
-    from sumi.tokenizer import load_tokenizer
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must lie in 1..65535, got {args.port}")
     if args.max_tokens_limit < 1:
         raise ConfigError("--max-tokens-limit must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device=device, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    model, tokenizer = resolve_model(args.model, args.tokenizer, device=device, dtype=args.dtype)
     name = args.model_name or Path(args.model).resolve().name
     config = ServeConfig(model_id=name, api_key=args.api_key, max_request_bytes=args.max_request_bytes,
                          batch_window_ms=args.batch_window_ms, max_batch_rows=args.max_batch_rows,

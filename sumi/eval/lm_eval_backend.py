@@ -23,6 +23,7 @@ from collections import defaultdict
 import torch
 from lm_eval.api.model import LM
 
+from sumi.checkpoint import resolve_model
 from sumi.errors import ConfigError
 from sumi.eval.nelbo import (
     EncodedPair,
@@ -33,7 +34,6 @@ from sumi.eval.nelbo import (
     encode_pair,
     fit_canvas,
     nelbo_of_ids,
-    resolve_model,
     rolling_windows,
 )
 

@@ -36,9 +36,10 @@ from typing import Literal
 
 import torch
 
+from sumi.checkpoint import resolve_model
 from sumi.diffusion import alpha_from_log_snr, gidd_terms, log_snr_from_alpha, uniform
 from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
-from sumi.errors import CheckpointError, ConfigError, InputError
+from sumi.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -270,33 +271,7 @@ def rolling_windows(ids: Sequence[int], length: int, *, context: int = 0,
     return windows
 
 
-# ============================================================================================ model I/O
-def resolve_model(model, tokenizer=None, *, device=None, dtype=None):
-    """(model, tokenizer) from objects or a model directory; a non-sumi directory raises CheckpointError."""
-    from pathlib import Path
-
-    from sumi.checkpoint import is_model_dir, load_model
-
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not is_model_dir(path):
-            raise CheckpointError(
-                f"{path} is not a sumi model directory (it needs config.json and model.safetensors or a "
-                "sharded index); pass the folder written by save_pretrained / `sumi train`"
-            )
-        loaded = load_model(path, device=device, dtype=dtype)
-        if tokenizer is None:
-            if not (path / "tokenizer.json").is_file():
-                raise CheckpointError(f"{path} holds no tokenizer.json; pass a tokenizer explicitly")
-            tokenizer = path
-        model = loaded
-    if isinstance(tokenizer, (str, Path)):
-        from sumi.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer)
-    return model, tokenizer
-
-
+# ============================================================================================ model helpers
 def canvas_size(model, canvas_length: int) -> int:
     return min(canvas_length, int(model.config.max_position_embeddings))
 
