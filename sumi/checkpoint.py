@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sumi._io import atomic_write_text
 from sumi.config import CONFIG_NAME, SumiConfig
 from sumi.errors import CheckpointError, ConfigError
 
@@ -233,7 +234,7 @@ def save_model(model, directory: str | Path, *, max_shard_size: int | str = "5GB
             weight_map.update({name: fname for name in shard})
         total_size = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        _atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+        atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
     config = model.config
     saved_dtype = next(iter(state.values())).dtype if state else torch.float32
     dtype_name = {v: k for k, v in _DTYPES.items()}.get(saved_dtype, config.dtype)
@@ -250,12 +251,6 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def is_model_dir(path: str | Path) -> bool:

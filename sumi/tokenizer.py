@@ -20,12 +20,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sumi._io import atomic_write_text
 from sumi.errors import CheckpointError, ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -418,21 +418,9 @@ def sumi_tokenizer(*, rebuild: bool = False, rank_file: str | Path | None = None
     if backend is None:
         logger.info("building the Sumi tokenizer from %s", ranks_path)
         text = build_sumi_tokenizer_json(read_cl100k_ranks(ranks_path))
-        _atomic_write(cache, text)
+        atomic_write_text(cache, text)
         backend = Tokenizer.from_str(text)
     return SumiTokenizer(backend, bos_token="<|extra_id_0|>", eos_token="<|endoftext|>", pad_token="<|pad|>")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tokenizer(path_or_name: str | Path) -> SumiTokenizer:

@@ -32,6 +32,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from sumi._io import atomic_write_text
 from sumi.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -66,15 +67,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_model_weights(path: str | Path, model: nn.Module) -> None:
@@ -131,14 +123,14 @@ class Checkpointer:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
         if _is_main():
-            _write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
-            _write_text(tmp / CONFIG_FILE, config_yaml)
+            atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+            atomic_write_text(tmp / CONFIG_FILE, config_yaml)
             _fsync_dir(tmp)
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.root)
-            _write_text(self.root / LATEST, final.name)
+            atomic_write_text(self.root / LATEST, final.name)
             for old in self.complete_checkpoints()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
             logger.info("saved checkpoint %s", final)
