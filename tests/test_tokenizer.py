@@ -58,8 +58,8 @@ def cl100k():
 
 def test_sumi_ids_equal_tiktoken_cl100k(sumi_tok, cl100k):
     for text in SAMPLES:
-        assert sumi_tok.encode(text) == cl100k.encode_ordinary(text), text
-    assert sumi_tok.encode_batch(SAMPLES) == cl100k.encode_ordinary_batch(SAMPLES)
+        assert sumi_tok.encode(text, parse_special=False) == cl100k.encode_ordinary(text), text
+    assert sumi_tok.encode_batch(SAMPLES, parse_special=False) == cl100k.encode_ordinary_batch(SAMPLES)
     for text in SAMPLES:
         assert sumi_tok.decode(sumi_tok.encode(text)) == text
 
@@ -85,8 +85,9 @@ def test_sumi_specials_and_vocab(sumi_tok, cl100k):
     ids = sumi_tok.encode("hi", add_bos=True, add_eos=True)
     assert ids == [100256, *cl100k.encode_ordinary("hi"), 100257]
     assert sumi_tok.decode(ids, skip_special_tokens=True) == "hi"
-    assert sumi_tok.encode("<|endoftext|>", parse_special=True) == [100257]
-    assert sumi_tok.encode("<|endoftext|>") == cl100k.encode_ordinary("<|endoftext|>")
+    assert sumi_tok.encode("<|endoftext|>") == [100257]  # transformers' behaviour (the default)
+    assert sumi_tok.encode("<|endoftext|>", parse_special=False) == cl100k.encode_ordinary("<|endoftext|>")
+    assert sumi_tok.encode("<|im_start|>user\nhi", add_bos=True) == [100256, 100264, 882, 198, 6151]
     with pytest.raises(InputError, match="outside the vocabulary"):
         sumi_tok.decode([100278])
 
@@ -138,6 +139,18 @@ def test_save_load_and_transformers_parity(sumi_tok, tmp_path):
         assert hf.encode(text, add_special_tokens=False) == ids
         assert hf(text)["input_ids"] == sumi_tok.encode(text, add_bos=True)
     assert (file_only.bos_token_id, file_only.pad_token_id) == (100256, 100277)
+    # Text with special tokens (the issue's example) and chat turns: the same ids both ways.
+    special_text = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|><|endoftext|>"
+    assert hf(special_text)["input_ids"] == sumi_tok.encode(special_text, add_bos=True) \
+        == reloaded.encode(special_text, add_bos=True)
+    assert hf(special_text)["input_ids"][:3] == [100256, 100264, 882]
+    assert hf(SAMPLES[6])["input_ids"] == sumi_tok.encode(SAMPLES[6], add_bos=True)
+    assert hf.batch_decode([sumi_tok.encode(special_text)]) == [special_text]
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert reloaded.chat_template == sumi_tok.chat_template is not None
+    assert hf.apply_chat_template(messages, tokenize=False) == sumi_tok.apply_chat_template(messages)
+    assert hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"] == sumi_tok.encode(sumi_tok.apply_chat_template(messages, add_generation_prompt=True))
 
 
 def test_missing_tokenizer_errors(tmp_path):
@@ -166,6 +179,10 @@ def test_train_bpe_deterministic_and_round_trips(tmp_path):
     assert first.to_json() == second.to_json()
     assert (first.bos_token_id, first.eos_token_id, first.pad_token_id) == (0, 1, 2)
     assert first.vocab_size <= 400
+    # ChatML markers are the last two ids, so chat data works with a small demo tokenizer too.
+    im_start, im_end = first.token_to_id("<|im_start|>"), first.token_to_id("<|im_end|>")
+    assert (im_start, im_end) == (first.vocab_size - 2, first.vocab_size - 1)
+    assert first.encode("<|im_start|>x<|im_end|>") == [im_start, *first.encode("x"), im_end]
     text = "And God said: unseen wörds ünicode 🤖 and\n\tcode(x) 987654"
     ids = first.encode(text, add_bos=True, add_eos=True)
     assert ids[0] == 0 and ids[-1] == 1 and max(ids) < first.vocab_size
@@ -174,6 +191,7 @@ def test_train_bpe_deterministic_and_round_trips(tmp_path):
     hf = PreTrainedTokenizerFast.from_pretrained(tmp_path)
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (0, 1, 2)
     assert hf.encode(text, add_special_tokens=False) == first.encode(text)
+    assert hf("<|im_start|>user " + text)["input_ids"] == first.encode("<|im_start|>user " + text, add_bos=True)
     assert SumiTokenizer.from_pretrained(tmp_path).encode_batch([text, "x"]) == first.encode_batch([text, "x"])
 
 

@@ -38,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="sumi", help="a tokenizer directory/file or 'sumi' (default)")
     p.add_argument("--bos", action="store_true", help="prepend BOS")
     p.add_argument("--eos", action="store_true", help="append EOS")
-    p.add_argument("--parse-special", action="store_true", help="map <|endoftext|> etc. in the text to ids")
+    p.add_argument("--plain", dest="parse_special", action="store_false",
+                   help="encode <|endoftext|> etc. in the text as ordinary text (as data building does) instead "
+                        "of their ids (transformers' behaviour, the default)")
+    p.add_argument("--parse-special", dest="parse_special", action="store_true", default=True,
+                   help=argparse.SUPPRESS)  # the old flag, now the default
     p.add_argument("--json", action="store_true", help="print JSON with ids and tokens")
 
     p = sub.add_parser("decode", help="print the text of token ids")

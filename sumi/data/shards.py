@@ -188,7 +188,7 @@ def _tokenize_source(source, spec: MixtureSpec, tokenizer: SumiTokenizer, path: 
     vocab = tokenizer.vocab_size
     with open(path, "wb") as f:
         for batch in _batches(source.iter_documents(spec.base_dir)):
-            for ids in tokenizer.encode_batch(batch):
+            for ids in tokenizer.encode_batch(batch, parse_special=False):  # documents are plain text
                 arr = np.asarray(ids, dtype=np.int64)
                 if arr.size and (arr.max() >= vocab or arr.min() < 0):
                     bad = int(arr.max() if arr.max() >= vocab else arr.min())
