@@ -20,3 +20,15 @@ class CheckpointError(SumiError, ValueError):
 
 class InputError(SumiError, ValueError):
     """Bad user input to a model, sampler or scorer (token ids, prompt lengths, options)."""
+
+
+class OptionError(ConfigError, InputError):
+    """An invalid option of a sampler call (:class:`sumi.sampling.SamplingConfig`): a configuration value that
+    is also input to the call, so ``except ConfigError`` and ``except InputError`` both catch it.
+
+    ``field`` names the offending option (the server reports it as the OpenAI ``param``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field

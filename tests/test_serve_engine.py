@@ -7,6 +7,7 @@ import asyncio
 import pytest
 import torch
 
+from sumi.sampling import SamplingConfig
 from sumi.serve.engine import Engine, Job
 from sumi.serve.protocol import APIError, Limits, parse_completion_request
 
@@ -20,12 +21,20 @@ def test_parse_defaults_and_options():
                      max_tokens=9, user="someone", logprobs=None, echo=False, best_of=1)
     assert request.prompts == ["a", "b"] and request.n == 3 and request.stop == ["\n"] and not request.stream
     options = request.options
-    assert options.max_tokens == 9 and options.top_p is None and options.temperature == 1.0
-    assert options.sampler == "greedy" and options.tokens_per_step == 2 and options.seed is None
-    assert options.generate_kwargs()["max_new_tokens"] == 9
-    assert _parse().options.max_tokens == 16  # OpenAI's default
+    assert options == SamplingConfig(max_new_tokens=9, sampler="greedy", tokens_per_step=2)
+    assert _parse().options.max_new_tokens == 16  # OpenAI's default
     with pytest.raises(APIError, match="tokens_per_step"):
         _parse(max_tokens=4, tokens_per_step=5)
+
+
+def test_bad_option_names_its_field():
+    """A bad sampler option reaches the client with the offending field as the OpenAI param."""
+    with pytest.raises(APIError, match="top_p") as caught:
+        _parse(top_p=0.0)
+    assert caught.value.param == "top_p"
+    with pytest.raises(APIError, match="integer") as caught:
+        _parse(tokens_per_step=1.5)
+    assert caught.value.param == "tokens_per_step"
     with pytest.raises(APIError, match="exceeds this server's limit of 64 sequences"):
         _parse(prompt=["a"] * 8, n=9)
 

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 from sumi.errors import InputError
-from sumi.sampling.canvas import SAMPLERS
-from sumi.sampling.schedule import SCHEDULES
+from sumi.sampling.config import SAMPLERS, SCHEDULES, SamplingConfig
+
+DEFAULTS = SamplingConfig()
+"""Every option's default comes from the config, never from a literal here."""
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +37,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="a file whose whole content is one prompt (repeatable)")
     src.add_argument("--no-bos", action="store_true", help="do not prepend BOS to the prompts")
     smp = parser.add_argument_group("sampler")
-    smp.add_argument("--max-new-tokens", type=int, default=128)
-    smp.add_argument("--steps", "--num-denoising-steps", dest="num_denoising_steps", type=int, default=None,
-                     help="denoising steps (default: max-new-tokens)")
-    smp.add_argument("--sampler", choices=SAMPLERS, default="adaptive")
-    smp.add_argument("--schedule", choices=SCHEDULES, default="linear")
-    smp.add_argument("--min-log-snr", type=float, default=-9.0)
-    smp.add_argument("--max-log-snr", type=float, default=9.0)
-    smp.add_argument("--temperature", type=float, default=1.0, help="0 = argmax")
-    smp.add_argument("--top-k", type=int, default=None)
-    smp.add_argument("--top-p", type=float, default=None)
-    smp.add_argument("--tokens-per-step", type=int, default=1)
-    smp.add_argument("--canvas-length", type=int, default=None, help="default 2048, capped at max positions")
+    smp.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    smp.add_argument("--steps", "--num-denoising-steps", dest="num_denoising_steps", type=int,
+                     default=DEFAULTS.num_denoising_steps, help="denoising steps (default: max-new-tokens)")
+    smp.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
+    smp.add_argument("--schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
+    smp.add_argument("--min-log-snr", type=float, default=DEFAULTS.min_log_snr)
+    smp.add_argument("--max-log-snr", type=float, default=DEFAULTS.max_log_snr)
+    smp.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = argmax")
+    smp.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
+    smp.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
+    smp.add_argument("--tokens-per-step", type=int, default=DEFAULTS.tokens_per_step)
+    smp.add_argument("--canvas-length", type=int, default=DEFAULTS.canvas_length,
+                     help="default 2048, capped at max positions")
     smp.add_argument("--no-anchor", dest="anchor_eosbos", action="store_false", help="do not freeze EOS, BOS")
     smp.add_argument("--freeze", action="append", default=[], type=_frozen_pair, metavar="POS=ID",
                      help="freeze canvas position POS to token ID in every row (repeatable)")
-    smp.add_argument("--denoise-end", type=int, default=None, help="positions from here keep their start value")
+    smp.add_argument("--denoise-end", type=int, default=DEFAULTS.denoise_end,
+                     help="positions from here keep their start value")
     smp.add_argument("--no-trim", dest="trim_at_eos", action="store_false", help="do not cut at the first EOS")
     smp.add_argument("--no-early-stop", dest="early_stop", action="store_false")
     smp.add_argument("--sliding", action="store_true", help="allow outputs longer than the canvas")
-    smp.add_argument("--context-length", type=int, default=None, help="prompt tokens kept per sliding window")
+    smp.add_argument("--context-length", type=int, default=DEFAULTS.context_length,
+                     help="prompt tokens kept per sliding window")
     smp.add_argument("--stop", action="append", default=None, help="cut the text at this string (repeatable)")
     smp.add_argument("--self-correct", type=int, default=0, metavar="STEPS",
                      help="refine the result with this many self-correction steps")
-    smp.add_argument("--seed", type=int, default=None)
+    smp.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run = parser.add_argument_group("output and device")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     run.add_argument("--json", action="store_true", help="print one JSON object")
@@ -66,6 +71,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--trajectory", type=Path, default=None, help="write an HTML replay of the denoising")
     run.add_argument("--gif", type=Path, default=None, help="write an animated GIF of the denoising")
     run.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
+
+
+def sampling_options(args: argparse.Namespace, batch: int) -> SamplingConfig:
+    """The :class:`SamplingConfig` the command line asks for (``--freeze`` pairs apply to every row)."""
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, num_denoising_steps=args.num_denoising_steps, sampler=args.sampler,
+        schedule=args.schedule, min_log_snr=args.min_log_snr, max_log_snr=args.max_log_snr,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, tokens_per_step=args.tokens_per_step,
+        canvas_length=args.canvas_length, anchor_eosbos=args.anchor_eosbos,
+        frozen=[list(args.freeze)] * batch if args.freeze else None, denoise_end=args.denoise_end,
+        trim_at_eos=args.trim_at_eos, seed=args.seed, early_stop=args.early_stop, sliding=args.sliding,
+        context_length=args.context_length,
+    )
 
 
 def _read_prompts(args) -> list[str] | None:
@@ -82,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sumi.checkpoint import resolve_model
     from sumi.sampling import cut_at_stop, generate
+    from sumi.sampling.generate import trim
     from sumi.sampling.self_correct import self_correct
     from sumi.sampling.visual import LiveView, write_trajectory_gif, write_trajectory_html
 
@@ -95,32 +114,21 @@ def run(args: argparse.Namespace) -> int:
     texts = _read_prompts(args)
     ids = None if texts is None else [tokenizer.encode(t, add_bos=not args.no_bos) for t in texts]
     batch = 1 if ids is None else len(ids)
-    options = dict(
-        max_new_tokens=args.max_new_tokens, num_denoising_steps=args.num_denoising_steps, sampler=args.sampler,
-        schedule=args.schedule, min_log_snr=args.min_log_snr, max_log_snr=args.max_log_snr,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, tokens_per_step=args.tokens_per_step,
-        canvas_length=args.canvas_length, anchor_eosbos=args.anchor_eosbos, trim_at_eos=args.trim_at_eos,
-        seed=args.seed, early_stop=args.early_stop,
-    )
-    extra = dict(frozen=[list(args.freeze)] * batch if args.freeze else None, denoise_end=args.denoise_end)
-    if args.sliding:
-        extra = dict(sliding=True, context_length=args.context_length)
-        if args.freeze or args.denoise_end is not None:
-            raise InputError("--freeze/--denoise-end cannot be combined with --sliding")
+    if args.sliding and (args.freeze or args.denoise_end is not None):
+        raise InputError("--freeze/--denoise-end cannot be combined with --sliding")
+    options = sampling_options(args, batch)
     start = time.perf_counter()
     if args.show:
         with LiveView(tokenizer) as view:
-            out = generate(model, ids, callback=view.update, return_trajectory=wants_view, show_progress=args.progress,
-                           **options, **extra)
+            out = generate(model, ids, options, callback=view.update, return_trajectory=wants_view,
+                           show_progress=args.progress)
     else:
-        out = generate(model, ids, return_trajectory=wants_view, show_progress=args.progress, **options, **extra)
+        out = generate(model, ids, options, return_trajectory=wants_view, show_progress=args.progress)
     corrections = None
     if args.self_correct:
         canvas, corrections = self_correct(model, out.canvas, frozen_mask=_frozen_for_correction(out),
                                            steps=args.self_correct, seed=args.seed)
         out.canvas = canvas
-        from sumi.sampling.generate import trim
-
         out.sequences = trim(canvas, out.prompt_lengths, out.budgets, model.config.eos_token_id, args.trim_at_eos)
     seconds = time.perf_counter() - start
     outputs = [cut_at_stop(tokenizer.decode(seq, skip_special_tokens=True), args.stop) for seq in out.sequences]
@@ -140,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                          "num_tokens": len(out.sequences[i])} for i in range(len(outputs))],
             "steps_run": out.steps_run, "nfe": out.nfe, "seconds": round(seconds, 4),
             "new_tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else None,
-            "options": {k: v for k, v in options.items()},
+            "options": options.to_dict(),
         }
         if corrections is not None:
             record["self_correction"] = corrections.__dict__

@@ -36,6 +36,7 @@ from sumi.eval.nelbo import (
     nelbo_of_ids,
     rolling_windows,
 )
+from sumi.sampling import SamplingConfig, cut_at_stop, generate
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +108,11 @@ class SumiLM(LM):
         self.rolling_context = self.canvas // 4 if rolling_context is None else int(rolling_context)
         self.greedy_check = bool(greedy_check)
         self.seed = int(seed)
-        self.gen_options = dict(sampler=sampler, schedule=schedule, tokens_per_step=int(tokens_per_step),
-                                anchor_eosbos=bool(anchor_eosbos))
-        self.steps = None if steps is None else int(steps)
-        self.temperature = float(temperature)
+        self.sampling = SamplingConfig(sampler=sampler, schedule=schedule, tokens_per_step=int(tokens_per_step),
+                                       anchor_eosbos=bool(anchor_eosbos), temperature=float(temperature),
+                                       num_denoising_steps=None if steps is None else int(steps),
+                                       canvas_length=self.canvas, seed=self.seed)
+        """Sampler options of ``generate_until``; each request sets its own budget (and temperature)."""
         self.max_gen_toks = int(max_gen_toks)
         self.show_progress = bool(show_progress)
 
@@ -173,8 +175,6 @@ class SumiLM(LM):
         return per_doc
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from sumi.sampling import cut_at_stop, generate
-
         groups: dict[tuple, list[int]] = defaultdict(list)
         settings = []
         for n, req in enumerate(requests):
@@ -183,7 +183,7 @@ class SumiLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
             do_sample = bool(gen_kwargs.pop("do_sample", False))
-            temperature = float(gen_kwargs.pop("temperature", self.temperature if not do_sample else 1.0))
+            temperature = float(gen_kwargs.pop("temperature", self.sampling.temperature if not do_sample else 1.0))
             if gen_kwargs:
                 logger.debug("ignoring gen_kwargs %s", sorted(gen_kwargs))
             settings.append((context, until))
@@ -199,10 +199,9 @@ class SumiLM(LM):
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start:start + self.batch_size]
                 prompts = [self._generation_prompt(settings[n][0], max_new) for n in chunk]
-                out = generate(self.model, prompts, max_new_tokens=max_new,
-                               num_denoising_steps=self.steps or max_new, temperature=temperature,
-                               canvas_length=self.canvas, seed=self.seed, initial_canvas=self._noise(prompts),
-                               **self.gen_options)
+                out = generate(self.model, prompts, self.sampling, max_new_tokens=max_new,
+                               num_denoising_steps=self.sampling.num_denoising_steps or max_new,
+                               temperature=temperature, initial_canvas=self._noise(prompts))
                 for n, seq in zip(chunk, out.sequences):
                     text = self.tokenizer.decode(seq, skip_special_tokens=True)
                     outputs[n] = cut_at_stop(text, settings[n][1])

@@ -28,6 +28,7 @@ from sumi.errors import ConfigError, InputError
 from sumi.eval import plots
 from sumi.eval.nelbo import NelboConfig, canvas_size, logits_at, nelbo_of_ids
 from sumi.model import SumiOutput
+from sumi.sampling import SamplingConfig, generate
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class ProbeConfig:
                 raise ConfigError(f"{name} values must be positive, got {getattr(self, name)}")
         if self.score_timesteps <= 0:
             raise ConfigError(f"score_timesteps must be positive, got {self.score_timesteps}")
+        self.sampling()  # the sampler options are validated where they are defined
+
+    def sampling(self) -> SamplingConfig:
+        """The sampler options every probe run starts from (sweeps then vary canvas, steps, tokens per step)."""
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, sampler=self.sampler, temperature=self.temperature,
+                              canvas_length=self.canvas_length, seed=self.seed)
 
 
 @dataclass
@@ -163,13 +170,10 @@ class Prober:
             self.progress.update(1)
 
     def generate_and_score(self, *, canvas: int, steps: int, tokens_per_step: int) -> dict:
-        from sumi.sampling import generate
-
         c = self.config
         start = time.perf_counter()
-        out = generate(self.model, self.prompt_ids, max_new_tokens=c.max_new_tokens, num_denoising_steps=steps,
-                       sampler=c.sampler, temperature=c.temperature, tokens_per_step=tokens_per_step,
-                       canvas_length=canvas, seed=c.seed)
+        out = generate(self.model, self.prompt_ids, c.sampling(), num_denoising_steps=steps,
+                       tokens_per_step=tokens_per_step, canvas_length=canvas)
         wall = time.perf_counter() - start
         requests = [(p, s) for p, s in zip(self.prompt_ids, out.sequences) if s]
         nelbo = stderr = math.nan
@@ -205,8 +209,6 @@ class Prober:
 
     def dynamics(self, prompt: list[int]) -> dict:
         """One run step by step (batch 1): commit matrix, flips, entropy/confidence, token frequencies."""
-        from sumi.sampling import generate
-
         c = self.config
         tap = _EntropyTap(self.model)
         steps_log: list[dict] = []
@@ -219,8 +221,7 @@ class Prober:
                 "entropy": tap.entropy[info.nfe - 1][0, p:], "log_snr_t": info.log_snr_t,
             })
 
-        out = generate(tap, [prompt], max_new_tokens=c.max_new_tokens, sampler=c.sampler,
-                       temperature=c.temperature, canvas_length=self.canvas, seed=c.seed, callback=record)
+        out = generate(tap, [prompt], c.sampling(), canvas_length=self.canvas, callback=record)
         budget = out.budgets[0]
         committed = torch.stack([s["committed"] for s in steps_log]).numpy()  # [steps, C − P]
         changed = torch.stack([s["changed"] for s in steps_log]).numpy()

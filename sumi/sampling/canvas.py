@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from sumi.diffusion import uniform
+from sumi.diffusion.schedule import LOG_SNR_MIN
 from sumi.errors import InputError
-from sumi.sampling.schedule import SCHEDULES
 
-SAMPLERS = ("adaptive", "ancestral", "greedy")
 DEFAULT_CANVAS_LENGTH = 2048
+ANCHOR_WIDTH = 2
+"""Positions taken by the EOS, BOS anchor."""
 FREE = -1
 """Marks a free position in a [B, C] ``frozen`` tensor."""
 
@@ -39,25 +40,18 @@ class CanvasPlan:
         return ~self.frozen_mask
 
 
-def check_options(*, sampler: str, schedule: str, temperature: float, top_k: int | None, top_p: float | None,
-                  tokens_per_step: int, num_denoising_steps: int, min_log_snr: float, max_log_snr: float) -> None:
-    """Raise :class:`InputError` for option values no sampler accepts."""
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-    if schedule not in SCHEDULES:
-        raise InputError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
-    if not isinstance(temperature, (int, float)) or temperature < 0 or temperature != temperature:
-        raise InputError(f"temperature must be a number >= 0 (0 = argmax), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise InputError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise InputError(f"top_p must lie in (0, 1] (or be None), got {top_p!r}")
-    if not isinstance(tokens_per_step, int) or tokens_per_step < 1:
-        raise InputError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
-    if not isinstance(num_denoising_steps, int) or num_denoising_steps < 1:
-        raise InputError(f"num_denoising_steps must be an integer >= 1, got {num_denoising_steps!r}")
-    if not min_log_snr < max_log_snr:
-        raise InputError(f"min_log_snr={min_log_snr} must be smaller than max_log_snr={max_log_snr}")
+def canvas_width(canvas_length: int | None, max_positions: int) -> int:
+    """The canvas C a call runs on: ``canvas_length`` (None: :data:`DEFAULT_CANVAS_LENGTH`) capped at the model's
+    max positions."""
+    return min(DEFAULT_CANVAS_LENGTH if canvas_length is None else canvas_length, max_positions)
+
+
+def row_budget(max_new_tokens: int, prompt_length: int, canvas_length: int, anchor_eosbos: bool) -> int:
+    """New-token budget of one row: ``max(1, min(max_new_tokens, C − P − 2))`` with the anchor (which takes the
+    two positions after the budget), else ``max_new_tokens``. The only copy of this rule."""
+    if not anchor_eosbos:
+        return max_new_tokens
+    return max(1, min(max_new_tokens, canvas_length - prompt_length - ANCHOR_WIDTH))
 
 
 def parse_prompts(input_ids, attention_mask=None) -> list[list[int]] | None:
@@ -149,9 +143,9 @@ def _per_row(value, batch: int, name: str) -> list[int | None]:
 
 def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positions: int, bos_id: int,
                 eos_id: int, max_new_tokens: int, canvas_length: int | None = None, anchor_eosbos: bool = True,
-                frozen=None, denoise_end=None, initial_canvas: torch.Tensor | None = None, min_log_snr: float = -9.0,
-                device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-                batch_size: int | None = None) -> CanvasPlan:
+                frozen=None, denoise_end=None, initial_canvas: torch.Tensor | None = None,
+                min_log_snr: float = LOG_SNR_MIN, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None, batch_size: int | None = None) -> CanvasPlan:
     """Validate the layout and build the starting canvas (uniform random ids unless ``initial_canvas``).
 
     The random canvas is the prior draw at λ_min (pure uniform noise: every id equally likely).
@@ -171,10 +165,9 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
         if width > max_positions:
             raise InputError(f"initial_canvas width {width} exceeds the model's max positions {max_positions}")
         canvas_length = width
-    length = DEFAULT_CANVAS_LENGTH if canvas_length is None else canvas_length
-    if not isinstance(length, int) or length < 2:
+    if canvas_length is not None and (not isinstance(canvas_length, int) or canvas_length < 2):
         raise InputError(f"canvas_length must be an integer >= 2, got {canvas_length!r}")
-    length = min(length, max_positions)
+    length = canvas_width(canvas_length, max_positions)
 
     batch = len(prompts) if prompts is not None else None
     for other in (initial_canvas.shape[0] if initial_canvas is not None else None, batch_size):
@@ -203,7 +196,7 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
             raise InputError(f"prompt {b} ({p} tokens) + max_new_tokens={max_new_tokens} does not fit the canvas "
                              f"of {length}; lower max_new_tokens, raise canvas_length, or pass sliding=True "
                              "(sumi.sampling.generate_long) to slide the canvas")
-        budget = max(1, min(max_new_tokens, length - p - 2)) if anchor_eosbos else max_new_tokens
+        budget = row_budget(max_new_tokens, p, length, anchor_eosbos)
         prompt_lengths.append(p)
         budgets.append(budget)
 

@@ -11,41 +11,36 @@ from __future__ import annotations
 import torch
 
 from sumi.errors import InputError
-from sumi.sampling.canvas import DEFAULT_CANVAS_LENGTH, parse_prompts
-from sumi.sampling.generate import GenerationOutput, generate, make_generator, model_device
-
-ANCHOR_WIDTH = 2
-"""Positions taken by the EOS, BOS anchor."""
+from sumi.sampling.canvas import ANCHOR_WIDTH, canvas_width, parse_prompts
+from sumi.sampling.config import SamplingConfig, sampling_config
+from sumi.sampling.loop import GenerationOutput, denoise, make_generator, model_device
 
 
-def generate_long(model: torch.nn.Module, input_ids=None, *, max_new_tokens: int, context_length: int | None = None,
-                  canvas_length: int | None = None, num_denoising_steps: int | None = None,
-                  anchor_eosbos: bool = True, trim_at_eos: bool = True, seed: int | None = None,
-                  generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
-                  **generate_kwargs) -> GenerationOutput:
+def generate_long(model: torch.nn.Module, input_ids=None, config: SamplingConfig | None = None, *,
+                  attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  show_progress: bool = False, **overrides) -> GenerationOutput:
     """Generate ``max_new_tokens`` per row, sliding a canvas of ``canvas_length`` as often as needed.
 
-    Args:
-        context_length: how many of the latest ids each window keeps as its prompt (default half the canvas).
-        num_denoising_steps: steps per window (default: the window's new-token count).
-        other arguments: as :func:`sumi.sampling.generate`.
+    Options come from ``config`` with ``overrides`` applied (as for :func:`sumi.sampling.generate`); of them,
+    ``context_length`` is how many of the latest ids each window keeps as its prompt (default half the canvas)
+    and ``num_denoising_steps`` counts steps per window (default: the window's new-token count).
 
     Returns a :class:`GenerationOutput` whose ``canvas`` is the last window's canvas of each row (stacked),
     ``steps_run``/``nfe`` summed over windows and rows.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    config = model.config
-    length = min(DEFAULT_CANVAS_LENGTH if canvas_length is None else canvas_length, config.max_position_embeddings)
-    context = length // 2 if context_length is None else context_length
-    if not isinstance(context, int) or not 1 <= context <= length - 1 - ANCHOR_WIDTH:
+    options = sampling_config(config, **overrides)
+    length = canvas_width(options.canvas_length, model.config.max_position_embeddings)
+    context = length // 2 if options.context_length is None else options.context_length
+    if not 1 <= context <= length - 1 - ANCHOR_WIDTH:
         raise InputError(f"context_length must lie in [1, {length - 1 - ANCHOR_WIDTH}] for a canvas of {length}, "
-                         f"got {context_length!r}")
+                         f"got {options.context_length!r}")
+    max_new_tokens = options.max_new_tokens
     prompts = parse_prompts(input_ids, attention_mask) or [[]]
     for b, prompt in enumerate(prompts):
         if len(prompt) >= length:
             raise InputError(f"prompt {b} has {len(prompt)} tokens but the canvas holds {length}")
-    gen = make_generator(seed, generator, model_device(model))
+    gen = make_generator(options.seed, generator, model_device(model))
+    window = options.replace(canvas_length=length, sliding=False, context_length=None, seed=None)
     sequences, canvases, steps_run, nfe = [], [], 0, 0
     for prompt in prompts:
         history, new_tokens = list(prompt), []
@@ -53,11 +48,11 @@ def generate_long(model: torch.nn.Module, input_ids=None, *, max_new_tokens: int
             window_prompt = history[-context:] if len(history) > len(prompt) else history
             room = length - len(window_prompt)
             remaining = max_new_tokens - len(new_tokens)
-            last = remaining + (ANCHOR_WIDTH if anchor_eosbos else 0) <= room
+            last = remaining + (ANCHOR_WIDTH if options.anchor_eosbos else 0) <= room
             ask = remaining if last else room
-            out = generate(model, [window_prompt], max_new_tokens=ask, canvas_length=length,
-                           anchor_eosbos=anchor_eosbos if last else False, trim_at_eos=trim_at_eos,
-                           num_denoising_steps=num_denoising_steps, generator=gen, **generate_kwargs)
+            out = denoise(model, [window_prompt], window.replace(
+                max_new_tokens=ask, anchor_eosbos=options.anchor_eosbos if last else False),
+                generator=gen, show_progress=show_progress)
             steps_run, nfe = steps_run + out.steps_run, nfe + out.nfe
             piece = out.sequences[0]
             new_tokens += piece

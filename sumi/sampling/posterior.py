@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from sumi.diffusion import MixingDistribution, alpha_from_log_snr
+from sumi.diffusion import LOG_SNR_MAX, LOG_SNR_MIN, MixingDistribution, alpha_from_log_snr
 
 NEG_INF = float("-inf")
 CHUNK_ELEMENTS = 1 << 21
@@ -83,7 +83,7 @@ def clean_distribution(logits: torch.Tensor, temperature: float, top_k: int | No
 
 def posterior_probs(x_hat: torch.Tensor, z_t: torch.Tensor, log_snr_t: torch.Tensor | float,
                     log_snr_s: torch.Tensor | float, mixing: MixingDistribution,
-                    min_log_snr: float = -9.0, max_log_snr: float = 9.0) -> torch.Tensor:
+                    min_log_snr: float = LOG_SNR_MIN, max_log_snr: float = LOG_SNR_MAX) -> torch.Tensor:
     """The explicit posterior p(z_s | z_t), shape [..., V] in x̂'s dtype (§4.1; the reference path).
 
     x_hat [..., V]; z_t [...] int64; λ_t < λ_s scalars (or broadcastable to z_t).

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from sumi.diffusion import uniform
+from sumi.diffusion import LOG_SNR_MAX, LOG_SNR_MIN, uniform
 from sumi.sampling.posterior import clean_distribution, posterior_probs
 from sumi.sampling.schedule import step_log_snrs
 
 
 @torch.inference_mode()
 def reference_generate(model: torch.nn.Module, canvas: torch.Tensor, free_mask: torch.Tensor, *, sampler: str,
-                       num_steps: int, schedule: str = "linear", min_log_snr: float = -9.0,
-                       max_log_snr: float = 9.0, temperature: float = 1.0, top_k: int | None = None,
+                       num_steps: int, schedule: str = "linear", min_log_snr: float = LOG_SNR_MIN,
+                       max_log_snr: float = LOG_SNR_MAX, temperature: float = 1.0, top_k: int | None = None,
                        top_p: float | None = None, tokens_per_step: int = 1,
                        generator: torch.Generator | None = None, stop_after: int | None = None) -> torch.Tensor:
     """Run the ``num_steps``-step schedule from ``canvas`` [B, C] (only its first ``stop_after`` steps when given);

@@ -12,15 +12,15 @@ import math
 
 import torch
 
-from sumi.diffusion import log_snr_from_alpha
+from sumi.diffusion import LOG_SNR_MAX, LOG_SNR_MIN, log_snr_from_alpha
 
 SCHEDULES = ("linear", "cosine")
 ALPHA_LO = 1e-4
 """Lowest α of a schedule (the release's ``linspace(1e-4, 1 - 1e-4, steps + 1)``)."""
 
 
-def step_log_snrs(num_steps: int, schedule: str = "linear", min_log_snr: float = -9.0,
-                  max_log_snr: float = 9.0) -> torch.Tensor:
+def step_log_snrs(num_steps: int, schedule: str = "linear", min_log_snr: float = LOG_SNR_MIN,
+                  max_log_snr: float = LOG_SNR_MAX) -> torch.Tensor:
     """λ_0..λ_K, shape [num_steps + 1], float64, ascending (noisy → clean).
 
     ``linear``: α = linspace(1e-4, 1 − 1e-4, K + 1) (the release). ``cosine``: α = 1e-4 + (1 − 2e-4)·f(u) with

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sumi.errors import InputError
-from sumi.sampling.generate import forward_logits, make_generator, model_device
+from sumi.sampling.loop import forward_logits, make_generator, model_device
 from sumi.sampling.posterior import gumbel_argmax
 
 

@@ -1,4 +1,4 @@
-"""One denoising step of each sampler (fast paths). The loop in :mod:`sumi.sampling.generate` owns the canvas.
+"""One denoising step of each sampler (fast paths). The loop in :mod:`sumi.sampling.loop` owns the canvas.
 
 Shapes: logits [B, C, V] fp32, canvas [B, C] int64, free [B, C] bool (True = may change). Each step returns the
 new canvas and the positions it wrote (``committed``, [B, C] bool). Randomness comes only from ``generator``,

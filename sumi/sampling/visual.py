@@ -1,7 +1,7 @@
 """Seeing generation: a self-contained HTML replay, an animated GIF, and a live terminal view of a canvas.
 
-All three take a :class:`~sumi.sampling.generate.Trajectory` (or, for the live view, each
-:class:`~sumi.sampling.generate.StepInfo`) plus a tokenizer with ``decode(ids)``. Only the prompt, the generated
+All three take a :class:`~sumi.sampling.loop.Trajectory` (or, for the live view, each
+:class:`~sumi.sampling.loop.StepInfo`) plus a tokenizer with ``decode(ids)``. Only the prompt, the generated
 budget and the anchor of one row are shown (the tail after the anchor is context, not output).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sumi.sampling.generate import StepInfo, Trajectory
+from sumi.sampling.loop import StepInfo, Trajectory
 
 MAX_GIF_FRAMES = 120
 """GIFs subsample long runs to at most this many frames (plus the last)."""

@@ -2,7 +2,7 @@
 
 Requests become :class:`Job` s on an asyncio queue. The batcher (a task on the event loop) takes the first job,
 waits ``batch_window`` for company, drains whatever else is queued, groups jobs with equal
-:class:`~sumi.serve.protocol.SamplerOptions` into batches of at most ``max_batch_rows`` sequences, and runs each
+:class:`~sumi.sampling.config.SamplingConfig` into batches of at most ``max_batch_rows`` sequences, and runs each
 batch as ONE :func:`sumi.sampling.generate` call in a single worker thread. The event loop never runs the model,
 so ``/health`` and new requests are answered while a batch denoises. Jobs that arrive while a batch runs are
 picked up together by the next drain (the queue is the batching window under load).
@@ -24,6 +24,9 @@ from typing import Any
 import torch
 
 from sumi.errors import InputError
+from sumi.sampling import cut_at_stop, generate
+from sumi.sampling.canvas import canvas_width, row_budget
+from sumi.sampling.config import SamplingConfig
 from sumi.serve.protocol import APIError, CompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -121,13 +124,12 @@ class Engine:
 
     def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest) -> None:
         """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing."""
-        from sumi.sampling.canvas import DEFAULT_CANVAS_LENGTH
-
         max_positions = self.model.config.max_position_embeddings
-        canvas = min(request.options.canvas_length or DEFAULT_CANVAS_LENGTH, max_positions)
+        canvas = canvas_width(request.options.canvas_length, max_positions)
         longest = max(len(p) for p in prompts)
-        if longest + request.options.max_tokens > canvas:
-            raise APIError(400, f"the prompt ({longest} tokens) + max_tokens={request.options.max_tokens} does not "
+        max_tokens = request.options.max_new_tokens
+        if longest + max_tokens > canvas:
+            raise APIError(400, f"the prompt ({longest} tokens) + max_tokens={max_tokens} does not "
                                 f"fit the canvas of {canvas} positions; shorten the prompt, lower max_tokens or "
                                 f"raise canvas_length (max {max_positions})", param="prompt",
                            code="context_length_exceeded")
@@ -161,14 +163,12 @@ class Engine:
 
     # ------------------------------------------------------------------ the model (worker thread)
     def _run_batch(self, jobs: list[Job]) -> None:
-        from sumi.sampling import generate
-
         rows = [row for job in jobs for row in job.rows]
         options = jobs[0].request.options
         streaming = [job for job in jobs if job.events is not None]
         callback = self._stream_callback(jobs, options) if streaming else None
         try:
-            out = generate(self.model, rows, callback=callback, **options.generate_kwargs())
+            out = generate(self.model, rows, options, callback=callback)
         except InputError as exc:
             if len(jobs) > 1:  # find the offending request: the others still succeed
                 for job in jobs:
@@ -188,8 +188,6 @@ class Engine:
             self._finish(job, choices)
 
     def _choice(self, index: int, sequence: list[int], budget: int, stop: list[str]) -> Choice:
-        from sumi.sampling import cut_at_stop
-
         text = self._decode(sequence)
         finish = "stop" if len(sequence) < budget else "length"  # shorter = cut at the model's EOS
         cut = cut_at_stop(text, stop)
@@ -201,7 +199,7 @@ class Engine:
         size = len(self.tokenizer)
         return self.tokenizer.decode([i for i in ids if i < size], skip_special_tokens=True)
 
-    def _stream_callback(self, jobs: list[Job], options) -> Callable:
+    def _stream_callback(self, jobs: list[Job], options: SamplingConfig) -> Callable:
         """Per step: the current text of every streamed row (its budget region, cut at EOS) as an event."""
         eos = self.model.config.eos_token_id
         spans = []
@@ -218,8 +216,7 @@ class Engine:
                 texts = []
                 for i, prompt in enumerate(job.rows):
                     p = len(prompt)
-                    budget = max(1, min(options.max_tokens, canvas_len - p - 2)) if options.anchor_eosbos \
-                        else options.max_tokens
+                    budget = row_budget(options.max_new_tokens, p, canvas_len, options.anchor_eosbos)
                     new = snapshot[first + i][p:p + budget]
                     texts.append(self._decode(new[:new.index(eos)] if eos in new else new))
                 self._post(job, {"step": info.step, "num_steps": info.num_steps, "texts": texts})

@@ -13,9 +13,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sumi.errors import InputError
+from sumi.errors import OptionError
+from sumi.sampling.config import SAMPLERS, SCHEDULES, SamplingConfig
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+DEFAULTS = SamplingConfig()
+"""sumi's sampler defaults (the server changes only ``max_tokens``, to OpenAI's)."""
 MAX_STOP_STRINGS = 4
 
 
@@ -31,29 +34,6 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-@dataclass(frozen=True)
-class SamplerOptions:
-    """Everything one sampler call shares; requests with equal options may be batched together."""
-
-    max_tokens: int
-    temperature: float
-    top_p: float | None
-    top_k: int | None
-    sampler: str
-    num_denoising_steps: int | None
-    tokens_per_step: int
-    canvas_length: int | None
-    schedule: str
-    anchor_eosbos: bool
-    seed: int | None
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "sampler": self.sampler, "num_denoising_steps": self.num_denoising_steps,
-                "tokens_per_step": self.tokens_per_step, "canvas_length": self.canvas_length,
-                "schedule": self.schedule, "anchor_eosbos": self.anchor_eosbos, "seed": self.seed}
-
-
 @dataclass
 class CompletionRequest:
     prompts: list[str | list[int]]
@@ -62,7 +42,8 @@ class CompletionRequest:
     stop: list[str]
     stream: bool
     include_usage: bool
-    options: SamplerOptions
+    options: SamplingConfig
+    """The sampler call of every row (equal options may share one batch)."""
 
 
 @dataclass(frozen=True)
@@ -144,9 +125,6 @@ def _prompts(value: Any, vocab_size: int, max_prompts: int) -> list[str | list[i
 
 def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limits: Limits) -> CompletionRequest:
     """Validate a ``/v1/completions`` JSON body; raises :class:`APIError` (400/404) naming the bad field."""
-    from sumi.sampling.canvas import SAMPLERS, check_options
-    from sumi.sampling.schedule import SCHEDULES
-
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     unknown = sorted(set(body) - _KNOWN)
@@ -183,37 +161,33 @@ def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limit
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
         raise _bad("stream_options", "'stream_options' may only hold 'include_usage'")
-    sampler = body.get("sampler", "adaptive")
+    sampler = body.get("sampler", DEFAULTS.sampler)
     if sampler not in SAMPLERS:
         raise _bad("sampler", f"'sampler' must be one of {list(SAMPLERS)}, got {sampler!r}")
-    schedule = body.get("schedule", "linear")
+    schedule = body.get("schedule", DEFAULTS.schedule)
     if schedule not in SCHEDULES:
         raise _bad("schedule", f"'schedule' must be one of {list(SCHEDULES)}, got {schedule!r}")
-    anchor = body.get("anchor_eosbos", True)
+    anchor = body.get("anchor_eosbos", DEFAULTS.anchor_eosbos)
     if not isinstance(anchor, bool):
         raise _bad("anchor_eosbos", "'anchor_eosbos' must be a boolean")
-    seed = _int(body, "seed", None, 0, 2**63 - 1)
     top_p = _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
-    options = SamplerOptions(
-        max_tokens=max_tokens,
-        temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=None if top_p == 1.0 else top_p,
-        top_k=_int(body, "top_k", None, 1, vocab_size),
-        sampler=sampler,
-        num_denoising_steps=_int(body, "num_denoising_steps", None, 1, limits.max_steps),
-        tokens_per_step=_int(body, "tokens_per_step", 1, 1, max_tokens),
-        canvas_length=_int(body, "canvas_length", None, 4),
-        schedule=schedule,
-        anchor_eosbos=anchor,
-        seed=seed,
-    )
     try:  # the sampler's own checks, so nothing invalid is ever queued
-        check_options(sampler=options.sampler, schedule=options.schedule, temperature=options.temperature,
-                      top_k=options.top_k, top_p=options.top_p, tokens_per_step=options.tokens_per_step,
-                      num_denoising_steps=options.num_denoising_steps or options.max_tokens,
-                      min_log_snr=-9.0, max_log_snr=9.0)
-    except InputError as exc:
-        raise APIError(400, str(exc)) from None
+        options = SamplingConfig(
+            max_new_tokens=max_tokens,
+            temperature=_float(body, "temperature", DEFAULTS.temperature, 0.0, 2.0),
+            top_p=None if top_p == 1.0 else top_p,
+            top_k=_int(body, "top_k", DEFAULTS.top_k, 1, vocab_size),
+            sampler=sampler,
+            num_denoising_steps=_int(body, "num_denoising_steps", DEFAULTS.num_denoising_steps, 1,
+                                     limits.max_steps),
+            tokens_per_step=_int(body, "tokens_per_step", DEFAULTS.tokens_per_step, 1, max_tokens),
+            canvas_length=_int(body, "canvas_length", DEFAULTS.canvas_length, 4),
+            schedule=schedule,
+            anchor_eosbos=anchor,
+            seed=_int(body, "seed", DEFAULTS.seed, 0, 2**63 - 1),
+        )
+    except OptionError as exc:
+        raise _bad(exc.field, str(exc)) from None
     return CompletionRequest(prompts=prompts, n=n, stop=stop, stream=stream,
                              include_usage=bool(stream_options.get("include_usage", False)), options=options)
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from sumi.config import SumiConfig, get_preset, list_presets
+from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
 from sumi.errors import ConfigError
 
 
@@ -96,9 +97,9 @@ class NoiseSection:
 
     per_token_fraction: float = 0.2
     """Share of sequences whose tokens get independent t; the rest share one t per sequence."""
-    log_snr_min: float = -9.0
+    log_snr_min: float = LOG_SNR_MIN
     """λ_min: t is drawn uniformly on [1 − σ(λ_max), 1 − σ(λ_min)]."""
-    log_snr_max: float = 9.0
+    log_snr_max: float = LOG_SNR_MAX
     """λ_max."""
 
     def __post_init__(self) -> None:
