@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sumi.commands.train", "pretrain a UDLM (or AR baseline) from a YAML recipe"),
     "generate": ("sumi.commands.generate", "generate text with a diffusion sampler"),
     "score": ("sumi.commands.score", "NELBO (nats/token) of a text or a continuation"),
+    "eval-samples": ("sumi.commands.eval_samples", "sample quality under a judge LM (Gen PPL, entropy, NFE)"),
     "eval": ("sumi.commands.eval", "run lm-evaluation-harness with the sumi backend"),
     "probe": ("sumi.commands.probe", "inference probes (canvas, steps, dynamics) with plots"),
     "convert": ("sumi.commands.convert", "convert between DCP, release layout and Megatron checkpoints"),
