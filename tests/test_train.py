@@ -21,10 +21,11 @@ SEQ_LEN = 64
 
 
 class CanvasLoader:
-    """An endless, seeded, resumable loader over an in-memory [N, S] tensor (the PackedLoader contract)."""
+    """An endless, seeded, resumable loader over an in-memory [N, S] tensor (the PackedLoader contract: rank r
+    gets rows [r·B, (r+1)·B) of each global batch of B·world_size rows)."""
 
-    def __init__(self, canvases: torch.Tensor, batch_size: int, seed: int) -> None:
-        self.canvases, self.batch_size = canvases, batch_size
+    def __init__(self, canvases: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.canvases, self.batch_size, self.rank, self.world_size = canvases, batch_size, rank, world_size
         self.order = torch.randperm(len(canvases), generator=torch.Generator().manual_seed(seed))
         self.position = 0
 
@@ -32,8 +33,9 @@ class CanvasLoader:
         return self
 
     def __next__(self) -> torch.Tensor:
-        idx = [(self.position + i) % len(self.order) for i in range(self.batch_size)]
-        self.position += self.batch_size
+        first = self.position + self.rank * self.batch_size
+        idx = [(first + i) % len(self.order) for i in range(self.batch_size)]
+        self.position += self.batch_size * self.world_size
         return self.canvases[self.order[idx]]
 
     def state_dict(self) -> dict:
@@ -59,7 +61,8 @@ def canvases(tiny_tokenizer):
 
 
 def factory(canvases):
-    return lambda split, batch_size, seed: CanvasLoader(canvases[split], batch_size, seed)
+    return lambda split, batch_size, seed, rank, world_size: CanvasLoader(canvases[split], batch_size, seed,
+                                                                          rank, world_size)
 
 
 def tiny_run(tmp_path, *overrides: str) -> RunConfig:
@@ -141,11 +144,13 @@ def test_weight_decay_on_matrices_only(tiny_model):
 # ---------------------------------------------------------------------------------------------- learning
 def test_loss_decreases_and_matches_golden_curve(tmp_path, canvases):
     trainer = Trainer(tiny_run(tmp_path), loader_factory=factory(canvases))
+    # Learning is judged on the held-out NELBO before and after, a paired comparison (same rows, same noise):
+    # single-batch training losses swing by ±30% with the batch's noise levels.
+    before = trainer.evaluate()
     result = trainer.fit()
     curve = [r["loss"] for r in result.history if "loss" in r]
     assert len(curve) == 24
-    assert sum(curve[-4:]) / 4 < 0.8 * sum(curve[:4]) / 4
-    assert math.isfinite(result.heldout_nelbo) and result.heldout_nelbo < 8.0
+    assert math.isfinite(result.heldout_nelbo) and result.heldout_nelbo < before - 0.5
     if os.environ.get("SUMI_UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps({"steps": 24, "loss": curve}, indent=1) + "\n")
     golden = json.loads(GOLDEN.read_text())["loss"]

@@ -1,11 +1,13 @@
 """Read packed shards: a random-access dataset of canvases and an endless, resumable, rank-sliced loader.
 
-Order of the loader (seed ``s``, epoch ``e``, ``N`` canvases, per-rank batch ``B``, ``W`` ranks): the epoch's
-order is ``permutation_{(s, e)}(N)`` (``arange(N)`` without shuffling); global step ``k`` takes positions
-``[k·B·W, (k+1)·B·W)`` of that order and rank ``r`` the slice ``[k·B·W + r·B, k·B·W + (r+1)·B)``. So ranks
-read disjoint canvases, and the global batch does not depend on how it is split across ranks (one process
-with batch B·W sees exactly the canvases that W processes with batch B see together). With ``drop_last`` an
-epoch has ``N // (B·W)`` steps; without it the last step wraps around to the start of the epoch's order.
+Order of the loader (seed ``s``, epoch ``e``, ``N`` canvases, per-rank batch ``B``, ``W`` ranks): the epoch's order
+is the keyed permutation ``π_{(s, e)}`` of ``[0, N)`` (``sumi.data.streams.IndexPermutation``; the identity without
+shuffling), evaluated only at the positions a rank reads, never materialised; global step ``k`` takes positions
+``[k·B·W, (k+1)·B·W)`` of that order and rank ``r`` the slice ``[k·B·W + r·B, k·B·W + (r+1)·B)``. So ranks read
+disjoint canvases, and the global batch does not depend on how it is split across ranks (one process with batch B·W
+sees exactly the canvases that W processes with batch B see together), and a rank reads only its own canvases
+(``PackedDataset.bytes_read`` counts them). With ``drop_last`` an epoch has ``N // (B·W)`` steps; without it the
+last step wraps around to the start of the epoch's order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sumi.data.shards import SPLITS, Manifest, ShardError
+from sumi.data.streams import IndexPermutation
 from sumi.errors import ConfigError, InputError
 
 
@@ -48,6 +51,9 @@ class PackedDataset:
                                   shape=(s.num_canvases, self.seq_len)) for s in info.shards if s.num_canvases]
         self._starts = np.cumsum([0] + [m.shape[0] for m in self._shards])
         self._len = int(self._starts[-1])
+        self.bytes_read = 0
+        """Canvas bytes copied out of the shards so far (each rank's own I/O volume)."""
+        self._row_bytes = self.seq_len * dtype.itemsize
 
     def __len__(self) -> int:
         return self._len
@@ -60,6 +66,7 @@ class PackedDataset:
         if not 0 <= i < self._len:
             raise IndexError(f"canvas {i} out of range for {self._len} canvases")
         shard = int(np.searchsorted(self._starts, i, side="right") - 1)
+        self.bytes_read += self._row_bytes
         return np.asarray(self._shards[shard][i - self._starts[shard]], dtype=np.int64)
 
     def get_batch(self, indices) -> np.ndarray:
@@ -69,6 +76,7 @@ class PackedDataset:
         shard_of = np.searchsorted(self._starts, indices, side="right") - 1
         for row, (i, s) in enumerate(zip(indices, shard_of)):
             out[row] = self._shards[s][i - self._starts[s]]
+        self.bytes_read += len(indices) * self._row_bytes
         return out
 
     def iter_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1):
@@ -136,30 +144,30 @@ class PackedLoader:
         self.steps_per_epoch = n // self.global_batch if drop_last else -(-n // self.global_batch)
         self.epoch = 0
         self.step = 0  # global steps already taken in this epoch
-        self._order_epoch, self._order = -1, None
+        self._order_epoch, self._order = -1, None  # the epoch's IndexPermutation (cheap to rebuild)
 
     @property
     def tokens_per_batch(self) -> int:
         return self.batch_size * self.seq_len
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
+    def _epoch_order(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        """Canvas indices at ``positions`` of the epoch's order."""
+        if not self.shuffle:
+            return positions
         if self._order_epoch != epoch:
-            n = len(self.dataset)
-            self._order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-                           else np.arange(n))
+            self._order = IndexPermutation(len(self.dataset), self.seed, epoch)
             self._order_epoch = epoch
-        return self._order
+        return self._order(positions)
 
     def next_indices(self) -> np.ndarray:
         """Canvas indices of this rank's next batch (advances the position)."""
         if self.step >= self.steps_per_epoch:
             self.epoch += 1
             self.step = 0
-        order = self._epoch_order(self.epoch)
         start = self.step * self.global_batch + self.rank * self.batch_size
-        positions = np.arange(start, start + self.batch_size) % len(order)
+        positions = np.arange(start, start + self.batch_size) % len(self.dataset)
         self.step += 1
-        return order[positions]
+        return self._epoch_order(self.epoch, positions)
 
     def __iter__(self):
         return self

@@ -3,15 +3,17 @@
 One optimizer step (``sumi-model.md`` §3)::
 
     for each of grad_accum_steps micro-batches:
-        x  = clean canvases [B_global, S] from the packed loader (the same rows on every rank)
-        t  ~ TimeSampler (per sequence, or per token for a share of sequences)      [B_global, S]
-        z  ~ q(· | x) uniform noise with α = 1 − t                                  [B_global, S]
-        this rank keeps rows [rank·B, (rank+1)·B); loss = model(z, labels=x, t=t).loss / accum; backward
+        x  = this rank's rows [rank·B, (rank+1)·B) of the global micro-batch, read from the loader  [B, S]
+        t  ~ TimeSampler (per sequence, or per token for a share of sequences)                   [B, S]
+        z  ~ q(· | x) uniform noise with α = 1 − t                                               [B, S]
+        loss = model(z, labels=x, t=t).loss / accum; backward
     clip the global grad norm, AdamW step with lr from the schedule
 
-The data order and every t / z draw are functions of the *global* batch and one CPU generator, so they do not
-depend on the world size: one process with micro-batch 2B equals two with B (tested), and a run can resume on a
-different number of ranks. The AR baseline (``model.causal``) skips the noise: loss = next-token CE.
+Each rank reads and noises only its own rows. The data order is a keyed permutation evaluated per position and
+each row's t / z come from a stream keyed by (seed, step, micro-batch, global row) (``sumi.train.noising``), so
+nothing depends on the world size: one process with micro-batch 2B equals two with B (tested for 1, 2 and 4
+ranks), and a run can resume on a different number of ranks. The AR baseline (``model.causal``) skips the
+noise: loss = next-token CE.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sumi.diffusion import TimeSampler, alpha_from_time, uniform
+from sumi.diffusion import TimeSampler, uniform
 from sumi.diffusion.loss import sumi_loss_reference
 from sumi.errors import ConfigError, SumiError
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
 from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_model_weights
 from sumi.train.config import RunConfig
 from sumi.train.metrics import MetricsLogger, plot_loss_curve
+from sumi.train.noising import noise_rows
 from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
 from sumi.train.parallelize import DistEnv, init_distributed, materialize_sharded, parallelize
 
@@ -61,12 +64,14 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-LoaderFactory = Callable[[str, int, int], Any]
-"""(split, global batch size, seed) → an iterable of LongTensor [batch, seq_len] with state_dict()."""
+LoaderFactory = Callable[[str, int, int, int, int], Any]
+"""(split, per-rank batch size B, seed, rank, world size) → an iterable of LongTensor [B, seq_len] with
+state_dict(): rank r's rows [r·B, (r+1)·B) of each global batch of B·world size rows, whose order must not
+depend on the world size (as ``sumi.data.PackedLoader``'s)."""
 
 
 def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) -> LoaderFactory:
-    """Read ``sumi.data.PackedLoader`` shards; every rank reads the whole global batch (rank 0 of 1).
+    """Read ``sumi.data.PackedLoader`` shards; each rank reads only its own rows of every global batch.
 
     Train batches are shuffled and endless. Held-out batches are shuffled with the fixed evaluation seed (so the
     first batches sample all held-out documents, the same ones at every evaluation), keep the last partial batch,
@@ -74,12 +79,12 @@ def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) 
     """
     from sumi.data import PackedLoader
 
-    def make(split: str, batch_size: int, seed: int):
+    def make(split: str, batch_size: int, seed: int, rank: int, world_size: int):
         if split == "train":
-            return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=0, world_size=1,
-                                vocab_size=vocab_size)
-        return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=0, world_size=1,
-                            drop_last=False, verify="size", vocab_size=vocab_size)
+            return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=rank,
+                                world_size=world_size, vocab_size=vocab_size)
+        return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=rank,
+                            world_size=world_size, drop_last=False, verify="size", vocab_size=vocab_size)
 
     return make
 
@@ -157,8 +162,7 @@ class Trainer:
         self.time_sampler = TimeSampler(cfg.noise.log_snr_min, cfg.noise.log_snr_max, cfg.noise.per_token_fraction)
         self.noise = uniform(self.model_config.vocab_size)
         self.global_batch = tc.micro_batch_size * self.env.world_size
-        self.generator = torch.Generator().manual_seed(tc.seed)
-        self.train_loader = self.loader_factory("train", self.global_batch, tc.seed)
+        self.train_loader = self._loader("train", tc.seed)
         self._train_iter: Iterator | None = None
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.step = 0
@@ -215,6 +219,10 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
 
+    def _loader(self, split: str, seed: int):
+        return self.loader_factory(split, self.cfg.training.micro_batch_size, seed, self.env.rank,
+                                   self.env.world_size)
+
     def _next_batch(self) -> torch.Tensor:
         if self._train_iter is None:
             self._train_iter = iter(self.train_loader)
@@ -224,30 +232,24 @@ class Trainer:
             self._train_iter = iter(self.train_loader)
             return next(self._train_iter)
 
-    def _local(self, rows: torch.Tensor) -> torch.Tensor:
-        b = self.cfg.training.micro_batch_size
-        return rows[self.env.rank * b:(self.env.rank + 1) * b]
-
-    def make_inputs(self, x: torch.Tensor, generator: torch.Generator, per_token_fraction: float | None = None
+    def make_inputs(self, x: torch.Tensor, key: tuple[int, ...], per_token_fraction: float | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(z, t, x) for this rank from a global batch x [B_global, S]; t is None for the AR baseline.
+        """(z, t, labels) on the device for this rank's rows x [B, S]; t is None for the AR baseline.
 
-        t and z are drawn for the whole global batch (on CPU, from ``generator``) and then sliced, so each row's
-        noise does not depend on the world size.
+        Row j of this rank is row ``rank·B + j`` of the global micro-batch, noised from the stream
+        ``(*key, rank·B + j)`` (see :mod:`sumi.train.noising`): the same noise whichever rank holds it.
         """
         x = x.long()
+        dev = self.env.device
         # PAD only right-pads a split's last canvas; it is input but never a target.
-        labels = x.masked_fill(x == self.model_config.pad_token_id, IGNORE_INDEX)
+        labels = x.masked_fill(x == self.model_config.pad_token_id, IGNORE_INDEX).to(dev, non_blocking=True)
         if self.causal:
-            x_local = self._local(x).to(self.env.device, non_blocking=True)
-            return x_local, None, self._local(labels).to(self.env.device, non_blocking=True)
+            return x.to(dev, non_blocking=True), None, labels
         sampler = self.time_sampler if per_token_fraction is None else TimeSampler(
             self.time_sampler.log_snr_min, self.time_sampler.log_snr_max, per_token_fraction)
-        t = sampler.sample(x.shape[0], x.shape[1], generator=generator)
-        z = self.noise.sample_zt(x, alpha_from_time(t), generator=generator)
-        dev = self.env.device
-        return (self._local(z).to(dev, non_blocking=True), self._local(t).to(dev, non_blocking=True),
-                self._local(labels).to(dev, non_blocking=True))
+        first = self.env.rank * x.shape[0]
+        z, t = noise_rows(x, [(*key, first + j) for j in range(x.shape[0])], sampler, self.noise)
+        return z.to(dev, non_blocking=True), t.to(dev, non_blocking=True), labels
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -278,7 +280,7 @@ class Trainer:
         lr = self.scheduler.apply()
         sums = torch.zeros(len(LOSS_KEYS), device=self.env.device)
         for micro in range(self.grad_accum_steps):
-            z, t, x = self.make_inputs(self._next_batch(), self.generator)
+            z, t, x = self.make_inputs(self._next_batch(), (self.cfg.training.seed, self.step, micro))
             last = micro == self.grad_accum_steps - 1
             sync = nullcontext() if (last or self.parallelism != "ddp") else self.module.no_sync()
             with sync:
@@ -326,13 +328,11 @@ class Trainer:
         """
         tc = self.cfg.training
         self.module.eval()
-        loader = iter(self.loader_factory("heldout", self.global_batch, tc.eval_seed))
-        generator = torch.Generator().manual_seed(tc.eval_seed)
+        loader = iter(self._loader("heldout", tc.eval_seed))
         totals = torch.zeros(2, dtype=torch.float64, device=self.env.device)
         num_batches = min(tc.eval_batches, getattr(loader, "steps_per_epoch", tc.eval_batches))
-        for _ in range(num_batches):
-            batch = next(loader)
-            z, t, x = self.make_inputs(batch, generator, per_token_fraction=0.0)
+        for index in range(num_batches):
+            z, t, x = self.make_inputs(next(loader), (tc.eval_seed, index), per_token_fraction=0.0)
             out = self._forward(z, t, x)
             tokens = out.metrics["tokens"].double()
             totals += torch.stack([out.metrics["elbo"].double() * tokens, tokens])
@@ -347,7 +347,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict[str, Any]:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "scheduler": self.scheduler.state_dict(),
-                 "loader": self.train_loader.state_dict(), "noise_rng": encode_rng(self.generator.get_state()),
+                 "loader": self.train_loader.state_dict(),
                  "torch_rng": encode_rng(torch.get_rng_state()), "world_size": self.env.world_size}
         if torch.cuda.is_available() and self.env.device.type == "cuda":
             state["cuda_rng"] = encode_rng(torch.cuda.get_rng_state(self.env.device))
@@ -358,8 +358,7 @@ class Trainer:
         self.tokens_seen = int(state["tokens_seen"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_loader.load_state_dict(state["loader"])
-        self._train_iter = None
-        self.generator.set_state(decode_rng(state["noise_rng"]))
+        self._train_iter = None  # the noise needs no state: it is keyed by (seed, step, micro-batch, row)
         torch.set_rng_state(decode_rng(state["torch_rng"]))
         if "cuda_rng" in state and self.env.device.type == "cuda":
             torch.cuda.set_rng_state(decode_rng(state["cuda_rng"]), self.env.device)
