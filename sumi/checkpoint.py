@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -192,17 +191,28 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
 
 
 # ---------------------------------------------------------------------------------------------- writing
+def is_weight_file(name: str) -> bool:
+    """True for the files a save replaces: the single file, the index and ``model-*-of-*`` shards."""
+    return name in (SINGLE_FILE, INDEX_FILE) or re.fullmatch(r"model-\d+-of-\d+\.safetensors", name) is not None
+
+
 def save_model(model, directory: str | Path, *, max_shard_size: int | str = "5GB",
                dtype: torch.dtype | str | None = None) -> Path:
     """Write ``model`` in the release layout; shards when the weights exceed ``max_shard_size``.
 
-    Files are written to a temporary name and renamed, so an interrupted save never leaves a half-written
-    safetensors file under its final name. Stale weight files of an earlier save are removed.
+    The new directory is built aside and swapped in whole (:func:`sumi._io.staged_directory`): on a full disk or
+    an interrupt the old weights stay in place. Files of the old directory other than weights (tokenizer,
+    README, …) are carried over unless the new save writes them.
     """
+    from sumi._io import staged_directory
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    limit = parse_size(max_shard_size)
-    target_dtype = resolve_dtype(dtype)
+    with output_errors(directory), staged_directory(directory, keep=lambda name: not is_weight_file(name)) as tmp:
+        _write_model(model, tmp, parse_size(max_shard_size), resolve_dtype(dtype))
+    return directory
+
+
+def _write_model(model, directory: Path, limit: int, target_dtype: torch.dtype | None) -> None:
     state = {}
     for name, tensor in model.state_dict().items():
         if model.config.tie_word_embeddings and name == "lm_head.weight":
@@ -220,17 +230,14 @@ def save_model(model, directory: str | Path, *, max_shard_size: int | str = "5GB
         shards[-1][name] = tensor
         shard_bytes += nbytes
 
-    for old in list(directory.glob("model-*-of-*.safetensors")) + [directory / SINGLE_FILE, directory / INDEX_FILE]:
-        if old.exists():
-            old.unlink()
     metadata = {"format": "pt"}
     if len(shards) == 1:
-        _atomic_save(shards[0], directory / SINGLE_FILE, metadata)
+        save_file(shards[0], directory / SINGLE_FILE, metadata=metadata)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, start=1):
             fname = SHARD_PATTERN.format(index=i, total=len(shards))
-            _atomic_save(shard, directory / fname, metadata)
+            save_file(shard, directory / fname, metadata=metadata)
             weight_map.update({name: fname for name in shard})
         total_size = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
@@ -239,18 +246,21 @@ def save_model(model, directory: str | Path, *, max_shard_size: int | str = "5GB
     saved_dtype = next(iter(state.values())).dtype if state else torch.float32
     dtype_name = {v: k for k, v in _DTYPES.items()}.get(saved_dtype, config.dtype)
     config.replace(dtype=dtype_name).save(directory)
-    return directory
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+@contextmanager
+def output_errors(target: Path) -> Iterator[None]:
+    """Turn a full disk or an unwritable path while writing ``target`` into a one-line CheckpointError."""
+    from sumi._io import output_failure
+
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except Exception as exc:
+        reason = output_failure(exc)
+        if reason is None:
+            raise
+        raise CheckpointError(f"cannot write {target}: {reason}; the previous contents, if any, are untouched — "
+                              "free space or choose another output path") from None
 
 
 def is_model_dir(path: str | Path) -> bool:

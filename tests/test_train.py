@@ -206,13 +206,14 @@ def test_interrupted_save_keeps_last_good_checkpoint(tmp_path, canvases, monkeyp
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()
     monkeypatch.undo()
-    assert (tmp_path / "checkpoints" / ".tmp-step-00000002").is_dir()
+    assert not (tmp_path / "checkpoints" / ".tmp-step-00000002").exists()  # Ctrl-C removes its partial save
     assert trainer.checkpointer.latest() == good
     fresh = Trainer(tiny_run(tmp_path, "training.steps=3", "schedule.warmup_steps=1"), loader_factory=factory(canvases))
     assert fresh.resume() and fresh.step == 1
     for name, value in fresh.model.state_dict().items():
         assert torch.equal(value, saved[name]), name
     fresh.train_step()
+    (tmp_path / "checkpoints" / ".tmp-step-00000099").mkdir()  # what a SIGKILL mid-save leaves
     fresh.save_checkpoint()  # the next save clears the stale temp dir
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 

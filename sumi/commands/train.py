@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "optimizer, schedule, training, checkpoint")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
                         help="continue from the newest complete checkpoint of the run (or from DIR)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a run folder that holds an earlier run, moving that run aside to "
+                        "<output_dir>.old-<time> first (nothing is deleted)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.epilog = "Any further argument section.key=value overrides the recipe, e.g. training.steps=200."
 
@@ -27,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
     from sumi.train import resolve_run_config, train
 
     overrides = list(getattr(args, "extra_args", []) or [])
+    if args.resume not in (None, "auto") and "=" in args.resume and not os.path.exists(args.resume):
+        # `--resume training.steps=42`: argparse took the override as --resume's optional folder.
+        overrides.append(args.resume)
+        args.resume = "auto"
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume continues the run and --overwrite moves it aside; pass only one")
     bad = [o for o in overrides if o.startswith("-") or "=" not in o]
     if bad:
         raise ConfigError(f"unrecognised argument(s) {bad}; overrides look like section.key=value")
@@ -37,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     resume = False if args.resume is None else (True if args.resume == "auto" else args.resume)
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=resume, overwrite=args.overwrite)
     log = logging.getLogger("sumi.train")
     what = "NLL" if cfg.model.causal else "NELBO"
     if result.heldout_nelbo is not None:

@@ -110,11 +110,17 @@ def _copy_tokenizer(source: Path | None, dst: Path) -> None:
         shutil.copy2(source / name, dst / name)
 
 
-def _prepare_output(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"output directory {dst} is not empty; choose a new one or pass --force")
-        shutil.rmtree(dst)
+def _check_output(src: Path, dst: Path, overwrite: bool) -> None:
+    """Refuse a destination that is, holds or lies inside the source, or a non-empty one without ``overwrite``."""
+    s, d = src.resolve(), dst.resolve()
+    if d == s or d in s.parents or s in d.parents:
+        raise ConfigError(f"destination {dst} {'is' if d == s else 'contains' if d in s.parents else 'lies inside'} "
+                          f"the source {src}; choose an output directory outside it")
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"output {dst} exists and is not a directory")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise CheckpointError(f"output directory {dst} is not empty; choose a new one or pass --force (the old "
+                              "content is replaced only after the new one is complete)")
 
 
 def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_format: str | None = None,
@@ -131,7 +137,8 @@ def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_f
         dtype: dtype of the written tensors; default keeps the source's.
         tokenizer: directory whose tokenizer files are copied next to a release output.
     """
-    from sumi.checkpoint import load_model, resolve_dtype
+    from sumi._io import staged_directory
+    from sumi.checkpoint import load_model, output_errors, resolve_dtype
 
     src, dst = Path(src), Path(dst)
     if src_format == "auto":
@@ -143,8 +150,7 @@ def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_f
         raise ConfigError(f"unknown target format {dst_format!r}; use 'release' or 'dcp'")
     if src_format == dst_format:
         raise ConfigError(f"{src} is already in the {src_format} format")
-    if src.resolve() == dst.resolve():
-        raise ConfigError("source and destination are the same directory")
+    _check_output(src, dst, overwrite)
     target_dtype = resolve_dtype(dtype)
     cfg = resolve_config(config)
 
@@ -163,13 +169,14 @@ def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_f
                               "--config (a model directory, config.json or preset such as sumi-7b)")
         model = _as_model(megatron.to_release_state(megatron.load_state(src), cfg), cfg)
 
-    _prepare_output(dst, overwrite)
-    if dst_format == "release":
-        model.save_pretrained(dst, max_shard_size=max_shard_size, dtype=target_dtype)
-        _copy_tokenizer(Path(tokenizer) if tokenizer else None, dst)
-    else:
-        state = {k: (v.to(target_dtype) if target_dtype else v) for k, v in model.state_dict().items()}
-        dcp_io.write_model_state(state, model.config, dst)
+    # Built aside and swapped in whole: with --force the old output survives a failure (full disk, Ctrl-C).
+    with output_errors(dst), staged_directory(dst) as staging:
+        if dst_format == "release":
+            model.save_pretrained(staging, max_shard_size=max_shard_size, dtype=target_dtype)
+            _copy_tokenizer(Path(tokenizer) if tokenizer else None, staging)
+        else:
+            state = {k: (v.to(target_dtype) if target_dtype else v) for k, v in model.state_dict().items()}
+            dcp_io.write_model_state(state, model.config, staging)
     logger.info("converted %s (%s) -> %s (%s)", src, src_format, dst, dst_format)
     return dst
 

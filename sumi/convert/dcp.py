@@ -46,8 +46,9 @@ def resolve_step_dir(path: str | Path) -> Path:
         return path
     pointer = path / "latest"
     if pointer.is_file():
-        candidate = path / pointer.read_text().strip()
-        if is_dcp_dir(candidate):
+        name = pointer.read_bytes().decode("utf-8", "replace").strip()
+        candidate = path / name
+        if "/" not in name and name not in ("", ".", "..") and is_dcp_dir(candidate):
             return candidate
     steps = sorted(p for p in path.glob("step-*") if is_dcp_dir(p)) if path.is_dir() else []
     if steps:
@@ -57,12 +58,11 @@ def resolve_step_dir(path: str | Path) -> Path:
 
 
 def read_metadata(path: Path):
-    from torch.distributed.checkpoint import FileSystemReader
+    """DCP metadata read by sumi's restricted unpickler (never runs code from the checkpoint)."""
+    from sumi import safe_dcp
 
-    try:
-        return FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:
-        raise CheckpointError(f"cannot read the DCP metadata of {path}: {exc}") from exc
+    safe_dcp.verify_checksums(path)
+    return safe_dcp.read_metadata(path)
 
 
 def tensor_keys(path: Path) -> dict[str, tuple[torch.Size, torch.dtype]]:
@@ -78,7 +78,7 @@ def tensor_keys(path: Path) -> dict[str, tuple[torch.Size, torch.dtype]]:
 
 def load_tensors(path: Path, select: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
     """Load the tensors whose flattened key ``select`` maps to a name (returns {name: tensor}); one process."""
-    import torch.distributed.checkpoint as dcp
+    from sumi import safe_dcp
 
     wanted: dict[str, torch.Tensor] = {}
     names: dict[str, str] = {}
@@ -92,12 +92,7 @@ def load_tensors(path: Path, select: Callable[[str], str | None]) -> dict[str, t
         names[key] = name
     if not wanted:
         return {}
-    try:
-        with warnings.catch_warnings():  # one process without a process group is the intended use here
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(wanted, checkpoint_id=str(path))
-    except Exception as exc:
-        raise CheckpointError(f"cannot read the tensors of DCP checkpoint {path}: {exc}") from exc
+    safe_dcp.load(wanted, path, what="the tensors of DCP checkpoint", verify=False)  # verified by tensor_keys
     return {names[key]: tensor for key, tensor in wanted.items()}
 
 
@@ -145,6 +140,8 @@ def write_model_state(state: dict[str, torch.Tensor], config: SumiConfig, direct
     """Save ``{"model": state}`` with DCP into an empty ``directory``, plus the release ``config.json``."""
     import torch.distributed.checkpoint as dcp
 
+    from sumi import safe_dcp
+
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise CheckpointError(f"{directory} is not empty; choose a new output directory")
@@ -152,5 +149,6 @@ def write_model_state(state: dict[str, torch.Tensor], config: SumiConfig, direct
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({"model": {k: v.contiguous() for k, v in state.items()}}, checkpoint_id=str(directory))
+    safe_dcp.write_checksums(directory)  # the tensors; config.json is validated when read
     (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return directory

@@ -30,9 +30,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from sumi._io import atomic_write_text
+from sumi import safe_dcp
+from sumi._io import atomic_write_text, fsync_dir, fsync_tree, output_failure
 from sumi.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -61,24 +63,43 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_model_weights(path: str | Path, model: nn.Module) -> None:
-    """Copy the ``model.*`` tensors of a training checkpoint into a plain (unsharded) model, in place."""
+    """Copy the ``model.*`` tensors of a training checkpoint into a plain (unsharded) model, in place.
+
+    The checkpoint is verified against its checksums and read without unpickling code (:mod:`sumi.safe_dcp`).
+    """
     path = Path(path)
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"{path} is not a DCP checkpoint directory (no .metadata)")
     state = {"model": model.state_dict()}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=path)
+    safe_dcp.load(state, path, what="model.init_from checkpoint")
     model.load_state_dict(state["model"])
+
+
+def _verify_collectively(path: Path) -> None:
+    """Check the checkpoint's checksums, each rank a share of the files; every rank raises on any mismatch."""
+    files = safe_dcp.checksummed_files(path) if _is_main() or not dist.is_initialized() else None
+    if not dist.is_initialized():
+        if files is None:
+            logger.warning("%s has no %s (written by an older sumi); loading it unverified", path,
+                           safe_dcp.CHECKSUM_FILE)
+        else:
+            safe_dcp.verify_checksums(path)
+        return
+    shared = [sorted(files) if files is not None else None]
+    dist.broadcast_object_list(shared, src=0)
+    names = shared[0]
+    error = ""
+    if names is not None:
+        try:
+            safe_dcp.verify_checksums(path, names[dist.get_rank()::dist.get_world_size()])
+        except CheckpointError as exc:
+            error = str(exc)
+    errors: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e), "")
+    if first:
+        raise CheckpointError(first)
 
 
 class Checkpointer:
@@ -100,8 +121,9 @@ class Checkpointer:
         """The newest complete checkpoint (``latest`` pointer, else the highest step directory), or None."""
         pointer = self.root / LATEST
         if pointer.is_file():
-            candidate = self.root / pointer.read_text().strip()
-            if candidate.is_dir() and (candidate / STATE_FILE).is_file():
+            name = pointer.read_bytes().decode("utf-8", "replace").strip()
+            candidate = self.root / name
+            if STEP_DIR.match(name) and candidate.is_dir() and (candidate / STATE_FILE).is_file():
                 return candidate
         complete = [p for p in self.complete_checkpoints() if (p / STATE_FILE).is_file()]
         return complete[-1] if complete else None
@@ -119,23 +141,49 @@ class Checkpointer:
             tmp.mkdir()
         _barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        with warnings.catch_warnings():  # DCP warns that one process without a process group saves alone
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+        try:
+            with warnings.catch_warnings():  # DCP warns that one process without a process group saves alone
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+            if _is_main():
+                atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+                atomic_write_text(tmp / CONFIG_FILE, config_yaml)
+                safe_dcp.write_checksums(tmp)
+                fsync_tree(tmp)
+                if final.exists():  # re-saving the same step (e.g. after a resume): move the old one aside first
+                    aside = self.root / f".old-{final.name}"
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(final, aside)
+                    os.replace(tmp, final)
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    os.replace(tmp, final)
+                fsync_dir(self.root)
+                atomic_write_text(self.root / LATEST, final.name)
+        except BaseException as exc:
+            self._failed_save(tmp, exc)
         if _is_main():
-            atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
-            atomic_write_text(tmp / CONFIG_FILE, config_yaml)
-            _fsync_dir(tmp)
-            if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-            atomic_write_text(self.root / LATEST, final.name)
             for old in self.complete_checkpoints()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
             logger.info("saved checkpoint %s", final)
         _barrier()
         return final
+
+    def _failed_save(self, tmp: Path, exc: BaseException) -> None:
+        """Remove the partial save, then re-raise: Ctrl-C as KeyboardInterrupt, a full disk as CheckpointError."""
+        if _is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, CheckpointException) and any(
+            isinstance(pair[0], KeyboardInterrupt) for pair in exc.failures.values()))
+        if interrupted:
+            raise KeyboardInterrupt from None
+        reason = output_failure(exc)
+        if reason is not None:
+            raise CheckpointError(f"cannot save the checkpoint in {self.root}: {reason}. The previous checkpoint "
+                                  "is intact; free space and continue with --resume") from None
+        if isinstance(exc, CheckpointException):
+            raise CheckpointError(f"saving the checkpoint in {self.root} failed: {safe_dcp.describe(exc)}") from None
+        raise exc
 
     # ------------------------------------------------------------------ load
     def load(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -145,14 +193,32 @@ class Checkpointer:
         if not state_file.is_file() or not (path / ".metadata").is_file():
             raise CheckpointError(f"{path} is not a complete sumi training checkpoint (no {STATE_FILE} or "
                                   ".metadata); pass a step-XXXXXXXX directory or the checkpoints directory")
+        _verify_collectively(path)
+        trainer_state = read_trainer_state(state_file)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
+        safe_dcp.load(state, path, what="training checkpoint", verify=False)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                dcp.load(state, checkpoint_id=path)
-        except Exception as exc:  # DCP names the missing/mismatched key
-            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        except (Exception, CheckpointException) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: "
+                                  f"{safe_dcp.describe(exc)}") from None
         logger.info("resumed from %s", path)
-        return json.loads(state_file.read_text())
+        return trainer_state
+
+
+TRAINER_STATE_KEYS = ("step", "tokens_seen", "scheduler", "loader", "noise_rng", "torch_rng")
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.json`` as a mapping with the keys a resume needs; CheckpointError when damaged."""
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and non-UTF-8 bytes
+        raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {exc}); resume from an earlier "
+                              "checkpoint (pass its step-XXXXXXXX directory to --resume)") from None
+    missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CheckpointError(f"{path} lacks {missing or ['a valid step']}; it is damaged — resume from an "
+                              "earlier checkpoint")
+    return state

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sumi._io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 TIMING_KEYS = ("tokens_per_s", "elapsed_s")
@@ -31,11 +33,10 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
             # Drop records written after the checkpoint we resume from, so the log reads like one run.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -61,8 +62,23 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a metrics.jsonl file; damaged lines (a half-written last line after a crash, bytes that
+    are not UTF-8 JSON) are dropped with a warning."""
+    records, dropped = [], 0
+    for line in Path(path).read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            dropped += 1
+    if dropped:
+        logger.warning("%s: dropped %d damaged line(s) (e.g. a record cut short by a crash)", path, dropped)
+    return records
 
 
 def _ema(values: list[float], decay: float = 0.9) -> list[float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sumi._io import staged_directory
+from sumi.checkpoint import output_errors
 from sumi.diffusion import TimeSampler, uniform
 from sumi.diffusion.loss import sumi_loss_reference
 from sumi.errors import ConfigError, SumiError
@@ -40,6 +43,7 @@ from sumi.train.metrics import MetricsLogger, plot_loss_curve
 from sumi.train.noising import noise_rows
 from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
 from sumi.train.parallelize import DistEnv, init_distributed, materialize_sharded, parallelize
+from sumi.train.run_dir import check_run_dir, claim_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +78,22 @@ def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) 
     """Read ``sumi.data.PackedLoader`` shards; each rank reads only its own rows of every global batch.
 
     Train batches are shuffled and endless. Held-out batches are shuffled with the fixed evaluation seed (so the
-    first batches sample all held-out documents, the same ones at every evaluation), keep the last partial batch,
-    and are checked by size only (they are re-opened at every evaluation).
+    first batches sample all held-out documents, the same ones at every evaluation) and keep the last partial
+    batch. Both splits are verified against their sha256 checksums when first opened; the held-out split, which
+    is re-opened at every evaluation, is checked by size afterwards.
     """
     from sumi.data import PackedLoader
 
+    opened: set[str] = set()
+
     def make(split: str, batch_size: int, seed: int, rank: int, world_size: int):
+        verify = "checksum" if split not in opened else "size"
+        opened.add(split)
         if split == "train":
             return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=rank,
-                                world_size=world_size, vocab_size=vocab_size)
+                                world_size=world_size, vocab_size=vocab_size, verify=verify)
         return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=rank,
-                            world_size=world_size, drop_last=False, verify="size", vocab_size=vocab_size)
+                            world_size=world_size, drop_last=False, verify=verify, vocab_size=vocab_size)
 
     return make
 
@@ -163,6 +172,8 @@ class Trainer:
         self.noise = uniform(self.model_config.vocab_size)
         self.global_batch = tc.micro_batch_size * self.env.world_size
         self.train_loader = self._loader("train", tc.seed)
+        # Open (and verify) the held-out split now: an empty or corrupt one fails here, not after training.
+        self._loader("heldout", tc.eval_seed)
         self._train_iter: Iterator | None = None
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.step = 0
@@ -392,11 +403,14 @@ class Trainer:
             with torch.device("meta"):
                 plain = SumiForMaskGeneration(self.model_config)
             plain.load_state_dict(full, strict=True, assign=True)
-            plain.save_pretrained(directory)
             tokenizer = self.tokenizer()
-            if tokenizer is not None:
-                tokenizer.save_pretrained(directory)
-            else:
+            # Weights and tokenizer are built aside and swapped in together: a failed export (full disk)
+            # leaves the previous export whole.
+            with output_errors(directory), staged_directory(directory) as staging:
+                plain.save_pretrained(staging)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(staging)
+            if tokenizer is None:
                 logger.warning("no tokenizer known; %s has weights and config only", directory)
         if dist.is_initialized():
             dist.barrier()
@@ -416,8 +430,38 @@ class Trainer:
         return self._tokenizer
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: str | Path | bool = False) -> TrainResult:
-        """Train to ``training.steps``, evaluating, logging and checkpointing on the way; export at the end."""
+    def fit(self, resume: str | Path | bool = False, *, overwrite: bool = False) -> TrainResult:
+        """Train to ``training.steps``, evaluating, logging and checkpointing on the way; export at the end.
+
+        The run folder is locked for the whole run (a second trainer there stops with a ConfigError). Without
+        ``resume``, a folder holding an earlier run is refused, or with ``overwrite`` that run is moved aside.
+        """
+        lock = self._on_main(lambda: claim_run_dir(self.out_dir, resume=bool(resume), overwrite=overwrite))
+        try:
+            return self._fit(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on rank 0; a SumiError there is raised on every rank (none is left waiting in a collective)."""
+        result, error = None, ""
+        if self.env.is_main:
+            try:
+                result = fn()
+            except SumiError as exc:
+                if not self.env.distributed:
+                    raise
+                error = str(exc)
+        if self.env.distributed:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise ConfigError(error)
+        return result
+
+    def _fit(self, resume: str | Path | bool) -> TrainResult:
         tc, ck = self.cfg.training, self.cfg.checkpoint
         resumed = bool(resume) and self.resume(resume)
         main = self.env.is_main
@@ -490,10 +534,15 @@ class Trainer:
             dist.destroy_process_group()
 
 
-def train(cfg: RunConfig, *, resume: str | Path | bool = False, **kwargs) -> TrainResult:
-    """Build a :class:`Trainer`, fit, and tear down the process group."""
+def train(cfg: RunConfig, *, resume: str | Path | bool = False, overwrite: bool = False, **kwargs) -> TrainResult:
+    """Build a :class:`Trainer`, fit, and tear down the process group.
+
+    A run folder holding an earlier run is refused before anything is built (see :meth:`Trainer.fit`).
+    """
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_dir(cfg.training.output_dir, resume=bool(resume), overwrite=overwrite)
     trainer = Trainer(cfg, **kwargs)
     try:
-        return trainer.fit(resume=resume)
+        return trainer.fit(resume=resume, overwrite=overwrite)
     finally:
         trainer.close()
