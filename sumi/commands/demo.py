@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         f"checkpoint.every={eval_every}", f"training.time_limit_minutes={1.25 * args.minutes:.2f}"])
     logger.info("probe step %.2fs -> %d steps of %d tokens (~%.1f min)", step_s, steps,
                 cfg.training.micro_batch_size * args.seq_len, steps * per_step / 60)
-    result = train(cfg, tokenizer=tok)
+    # A re-run of the demo starts afresh: an earlier demo run is moved aside (<output>.old-<time>), not deleted.
+    result = train(cfg, tokenizer=tok, overwrite=True)
 
     model = load_model(result.model_dir).eval()
     samples = _samples(model, tok, args.seed)
