@@ -207,7 +207,7 @@ class Checkpointer:
         return trainer_state
 
 
-TRAINER_STATE_KEYS = ("step", "tokens_seen", "scheduler", "loader", "noise_rng", "torch_rng")
+TRAINER_STATE_KEYS = ("step", "tokens_seen", "scheduler", "loader", "torch_rng")
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from sumi._io import staged_directory
 from sumi.checkpoint import output_errors
 from sumi.diffusion import TimeSampler, uniform
 from sumi.diffusion.loss import sumi_loss_reference
-from sumi.errors import ConfigError, SumiError
+from sumi.errors import CheckpointError, ConfigError, SumiError
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
 from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_model_weights
 from sumi.train.config import RunConfig
@@ -389,7 +389,14 @@ class Trainer:
             target = Path(path)
             if (target / "latest").is_file() or target.name == "checkpoints":
                 target = Checkpointer(target).latest() or target
-        self.load_trainer_state(self.checkpointer.load(target, self.module, self.optimizer))
+        state = self.checkpointer.load(target, self.module, self.optimizer)
+        try:
+            self.load_trainer_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            if isinstance(exc, SumiError):
+                raise
+            raise CheckpointError(f"{target}/trainer_state.json does not fit this run ({type(exc).__name__}: "
+                                  f"{exc}); it is damaged — resume from an earlier checkpoint") from None
         return True
 
     # ------------------------------------------------------------------ export
