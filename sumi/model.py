@@ -367,7 +367,12 @@ class SumiForMaskGeneration(nn.Module):
         return save_model(self, directory, max_shard_size=max_shard_size, dtype=dtype)
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs):
-        """Sample with a diffusion sampler; see :func:`sumi.sampling.generate` for the arguments."""
-        from sumi.sampling import generate
+        """Sample with a diffusion sampler; see :func:`sumi.sampling.generate` for the arguments.
 
+        Starts from the released sampler's defaults (:data:`sumi.sampling.config.RELEASE`), so code written for the
+        release behaves the same; ``sumi.generate`` and ``sumi generate`` use sumi's own measured defaults."""
+        from sumi.sampling import generate
+        from sumi.sampling.config import RELEASE
+
+        kwargs.setdefault("config", RELEASE)
         return generate(self, input_ids, **kwargs)

@@ -109,7 +109,7 @@ def test_tensor_prompts_with_attention_mask_equal_lists(tiny_model):
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     kw = dict(max_new_tokens=8, sampler="adaptive", temperature=0.7, canvas_length=24, seed=2)
     a = generate(tiny_model, ids, attention_mask=mask, **kw)
-    b = tiny_model.generate([[0, 5, 6], [0, 9]], **kw)
+    b = generate(tiny_model, [[0, 5, 6], [0, 9]], **kw)
     assert a.prompt_lengths == [3, 2] and torch.equal(a.canvas, b.canvas) and a.sequences == b.sequences
 
 

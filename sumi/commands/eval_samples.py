@@ -26,24 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="rows per sampler call (default 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    smp = parser.add_argument_group("sampler (as in sumi generate)")
-    smp.add_argument("--max-new-tokens", type=int, default=128)
-    smp.add_argument("--steps", dest="num_denoising_steps", type=int, default=None)
-    smp.add_argument("--sampler", default="adaptive")
-    smp.add_argument("--schedule", default="linear")
-    smp.add_argument("--temperature", type=float, default=1.0)
-    smp.add_argument("--top-k", type=int, default=None)
-    smp.add_argument("--top-p", type=float, default=None)
-    smp.add_argument("--tokens-per-step", type=int, default=1)
-    smp.add_argument("--canvas-length", type=int, default=None)
+    from sumi.commands.generate import add_sampler_arguments
 
-
-SAMPLER_FLAGS = ("max_new_tokens", "num_denoising_steps", "sampler", "schedule", "temperature", "top_k", "top_p",
-                 "tokens_per_step", "canvas_length")
-
-
-def sampler_options(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in SAMPLER_FLAGS}
+    add_sampler_arguments(parser)
 
 
 def _prompts(args) -> list[str]:
@@ -93,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
         if not prompts:
             raise InputError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
         model, tokenizer = resolve_model(args.model, device=args.device)
+        from sumi.commands.generate import preset_options
+
+        options = preset_options(args).replace(max_new_tokens=args.max_new_tokens, schedule=args.schedule,
+                                               top_k=args.top_k, top_p=args.top_p)
         records, summary = sample_quality(model.eval(), tokenizer, prompts, judge, batch_size=args.batch_size,
-                                          seed=args.seed, **sampler_options(args))
+                                          seed=args.seed, config=options)
     if args.output is not None:
         write_report(args.output, records, summary)
     print(json.dumps(summary.to_json()))

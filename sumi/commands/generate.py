@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from sumi.errors import InputError
-from sumi.sampling.config import SAMPLERS, SCHEDULES, SamplingConfig
+from sumi.sampling.config import RELEASE, SAMPLERS, SCHEDULES, TAILS, SamplingConfig
 
 DEFAULTS = SamplingConfig()
 """Every option's default comes from the config, never from a literal here."""
@@ -36,20 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt-file", action="append", default=[], type=Path,
                      help="a file whose whole content is one prompt (repeatable)")
     src.add_argument("--no-bos", action="store_true", help="do not prepend BOS to the prompts")
-    smp = parser.add_argument_group("sampler")
-    smp.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
-    smp.add_argument("--steps", "--num-denoising-steps", dest="num_denoising_steps", type=int,
-                     default=DEFAULTS.num_denoising_steps, help="denoising steps (default: max-new-tokens)")
-    smp.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
-    smp.add_argument("--schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
-    smp.add_argument("--min-log-snr", type=float, default=DEFAULTS.min_log_snr)
-    smp.add_argument("--max-log-snr", type=float, default=DEFAULTS.max_log_snr)
-    smp.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = argmax")
-    smp.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
-    smp.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
-    smp.add_argument("--tokens-per-step", type=int, default=DEFAULTS.tokens_per_step)
-    smp.add_argument("--canvas-length", type=int, default=DEFAULTS.canvas_length,
-                     help="default 2048, capped at max positions")
+    add_sampler_arguments(parser)
+    smp = parser.add_argument_group("canvas and constraints")
     smp.add_argument("--no-anchor", dest="anchor_eosbos", action="store_false", help="do not freeze EOS, BOS")
     smp.add_argument("--freeze", action="append", default=[], type=_frozen_pair, metavar="POS=ID",
                      help="freeze canvas position POS to token ID in every row (repeatable)")
@@ -73,13 +61,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
 
 
+PRESET_FIELDS = ("num_denoising_steps", "sampler", "temperature", "tokens_per_step", "canvas_length", "tail",
+                 "fit_canvas",
+                 "greedy_tail", "psi_kappa", "threshold")
+"""Options whose default depends on the preset (sumi's measured defaults or ``--release-defaults``): their flags
+default to None, meaning "the preset's value"."""
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler flags shared by ``sumi generate`` and ``sumi eval-samples``."""
+    smp = parser.add_argument_group("sampler (defaults: sumi's measured defaults, see docs/sampling.md)")
+    smp.add_argument("--release-defaults", action="store_true",
+                     help="start from the released sampler's defaults (2048 canvas with its tail denoised, adaptive, "
+                          "T=1, one step per new token) instead of sumi's")
+    smp.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    smp.add_argument("--steps", "--num-denoising-steps", dest="num_denoising_steps", type=int, default=None,
+                     help=f"denoising steps (default: {DEFAULTS.num_denoising_steps or 'max-new-tokens'})")
+    smp.add_argument("--sampler", choices=SAMPLERS, default=None, help=f"default {DEFAULTS.sampler}")
+    smp.add_argument("--schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
+    smp.add_argument("--min-log-snr", type=float, default=DEFAULTS.min_log_snr)
+    smp.add_argument("--max-log-snr", type=float, default=DEFAULTS.max_log_snr)
+    smp.add_argument("--temperature", type=float, default=None, help=f"0 = argmax (default {DEFAULTS.temperature})")
+    smp.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
+    smp.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
+    smp.add_argument("--tokens-per-step", type=int, default=None, help=f"default {DEFAULTS.tokens_per_step}")
+    smp.add_argument("--psi-kappa", type=float, default=None,
+                     help=f"psi: weight of the ancestral posterior (default {DEFAULTS.psi_kappa})")
+    smp.add_argument("--threshold", type=float, default=None,
+                     help=f"threshold: confidence that commits a position (default {DEFAULTS.threshold})")
+    smp.add_argument("--greedy-tail", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"last step takes the argmax everywhere (default {DEFAULTS.greedy_tail})")
+    smp.add_argument("--canvas-length", type=int, default=None,
+                     help="canvas width (default: what the prompt + budget + anchor need; release: 2048), "
+                          "capped at max positions")
+    smp.add_argument("--fit-canvas", action=argparse.BooleanOptionalAction, default=None,
+                     help="without --canvas-length: a canvas as wide as the prompt + budget + anchor need "
+                          f"(default {DEFAULTS.fit_canvas}; --no-fit-canvas: 2048, the release)")
+    smp.add_argument("--tail", choices=TAILS, default=None,
+                     help=f"positions after the anchor: freeze or denoise them (default {DEFAULTS.tail})")
+
+
+def preset_options(args: argparse.Namespace) -> SamplingConfig:
+    """The preset (``--release-defaults`` or sumi's) with the preset-dependent flags that were given."""
+    base = RELEASE if getattr(args, "release_defaults", False) else DEFAULTS
+    return base.replace(**{name: getattr(args, name) for name in PRESET_FIELDS if getattr(args, name) is not None})
+
+
 def sampling_options(args: argparse.Namespace, batch: int) -> SamplingConfig:
     """The :class:`SamplingConfig` the command line asks for (``--freeze`` pairs apply to every row)."""
-    return SamplingConfig(
-        max_new_tokens=args.max_new_tokens, num_denoising_steps=args.num_denoising_steps, sampler=args.sampler,
-        schedule=args.schedule, min_log_snr=args.min_log_snr, max_log_snr=args.max_log_snr,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, tokens_per_step=args.tokens_per_step,
-        canvas_length=args.canvas_length, anchor_eosbos=args.anchor_eosbos,
+    return preset_options(args).replace(
+        max_new_tokens=args.max_new_tokens, schedule=args.schedule, min_log_snr=args.min_log_snr,
+        max_log_snr=args.max_log_snr, top_k=args.top_k, top_p=args.top_p, anchor_eosbos=args.anchor_eosbos,
         frozen=[list(args.freeze)] * batch if args.freeze else None, denoise_end=args.denoise_end,
         trim_at_eos=args.trim_at_eos, seed=args.seed, early_stop=args.early_stop, sliding=args.sliding,
         context_length=args.context_length,

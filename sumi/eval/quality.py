@@ -224,24 +224,27 @@ def summarize(records: Sequence[SampleQuality], *, nfe: int | None = None, wall_
 
 
 def sample_quality(model: torch.nn.Module, tokenizer, prompts: Sequence[str], judge: Judge | None, *,
-                   batch_size: int = 32, seed: int = 0, **generate_kwargs) -> tuple[list[SampleQuality],
-                                                                                   QualitySummary]:
+                   batch_size: int = 32, seed: int = 0, config=None,
+                   **overrides) -> tuple[list[SampleQuality], QualitySummary]:
     """Sample one continuation per prompt with :func:`sumi.sampling.generate` and measure it.
 
     Prompts are encoded with BOS (the release convention); batches of ``batch_size`` rows use seeds
-    ``seed, seed + 1, …``. ``generate_kwargs`` go to ``generate`` (sampler, steps, temperature, …).
+    ``seed, seed + 1, …``. ``config`` (a :class:`~sumi.sampling.config.SamplingConfig`, default sumi's defaults)
+    with ``overrides`` (sampler, steps, temperature, …) are the sampling options.
     """
     from sumi.sampling import generate
+    from sumi.sampling.config import sampling_config
 
     if not prompts:
         raise InputError("no prompts to sample from")
+    options = sampling_config(config, **overrides)
     records: list[SampleQuality] = []
     nfe, wall = 0, 0.0
     for index, lo in enumerate(range(0, len(prompts), batch_size)):
         chunk = list(prompts[lo:lo + batch_size])
         ids = [tokenizer.encode(p, add_bos=True) for p in chunk]
         start = time.perf_counter()
-        out = generate(model, ids, seed=seed + index, **generate_kwargs)
+        out = generate(model, ids, options.replace(seed=seed + index))
         wall += time.perf_counter() - start
         nfe += out.nfe
         texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out.sequences]
@@ -251,7 +254,7 @@ def sample_quality(model: torch.nn.Module, tokenizer, prompts: Sequence[str], ju
             init_rows = [initial[b, p:p + len(seq)].tolist()
                          for b, (p, seq) in enumerate(zip(out.prompt_lengths, out.sequences))]
         records += measure(chunk, texts, out.sequences, judge, initial=init_rows)
-    settings = {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    settings = {k: v for k, v in options.to_dict().items() if k not in ("frozen", "seed")}
     return records, summarize(records, nfe=nfe, wall_s=wall, settings=settings)
 
 

@@ -41,10 +41,12 @@ class SweepPoint:
 def label_of(options: dict) -> str:
     """A short name for a grid point: sampler, then the options that define it."""
     parts = [str(options.get("sampler", "default"))]
+    if options.get("preset"):
+        parts[0] += f" ({options['preset']})"
     short = {"num_denoising_steps": "K", "temperature": "T", "tokens_per_step": "k", "top_p": "p",
              "canvas_length": "C"}
     for key, value in options.items():
-        if key == "sampler" or value is None:
+        if key in ("sampler", "preset") or value is None:
             continue
         parts.append(f"{short.get(key, key)}={value}")
     return " ".join(parts)
@@ -52,12 +54,19 @@ def label_of(options: dict) -> str:
 
 def run_sweep(model: torch.nn.Module, tokenizer, prompts: Sequence[str], judge: Judge, grid: Sequence[dict], *,
               base: dict | None = None, batch_size: int = 32, seed: int = 0, on_point=None) -> list[SweepPoint]:
-    """Measure every grid point (``base`` options, then the point's own) on the same prompts and seeds."""
+    """Measure every grid point (``base`` options, then the point's own) on the same prompts and seeds.
+
+    A point with ``"preset": "release"`` starts from the released sampler's defaults instead of sumi's."""
+    from sumi.sampling.config import RELEASE
+
     points = []
     batches = math.ceil(len(prompts) / batch_size)
     for options in grid:
         merged = {**(base or {}), **options}
-        _, summary = sample_quality(model, tokenizer, prompts, judge, batch_size=batch_size, seed=seed, **merged)
+        sampler_options = {k: v for k, v in merged.items() if k != "preset"}
+        config = RELEASE if merged.get("preset") == "release" else None
+        _, summary = sample_quality(model, tokenizer, prompts, judge, batch_size=batch_size, seed=seed,
+                                    config=config, **sampler_options)
         point = SweepPoint(label=label_of(options), options=merged, summary=summary,
                            nfe_per_sample=summary.nfe / batches)
         points.append(point)

@@ -3,9 +3,12 @@
 Row b of a canvas of length C: the prompt (P_b ids, frozen), then the generation budget
 ``budget_b = max(1, min(max_new_tokens, C − P_b − 2))`` with ``anchor_eosbos`` (else ``max_new_tokens``), then —
 with the anchor — ``EOS, BOS`` frozen at P_b + budget_b and P_b + budget_b + 1, then a tail that is denoised as
-context. Explicit ``frozen`` (position, token) pairs are frozen too, and positions at or after ``denoise_end``
-keep their starting value. Everything here runs before the first forward pass, so bad input fails fast with an
-:class:`~sumi.errors.InputError`.
+context (``tail="denoise"``, the release) or frozen at its starting value (``tail="freeze"``). With
+``canvas_length=None`` and ``fit_canvas`` the canvas is as wide as the longest row needs (prompt + budget +
+anchor, at most the model's positions), so a lone row has no tail at all; without ``fit_canvas`` it is 2048
+(the release), capped at the model's positions. Explicit ``frozen`` (position, token) pairs are frozen
+too, and positions at or after ``denoise_end`` keep their starting value. Everything here runs before the first
+forward pass, so bad input fails fast with an :class:`~sumi.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ class CanvasPlan:
         return ~self.frozen_mask
 
 
-def canvas_width(canvas_length: int | None, max_positions: int) -> int:
-    """The canvas C a call runs on: ``canvas_length`` (None: :data:`DEFAULT_CANVAS_LENGTH`) capped at the model's
-    max positions."""
-    return min(DEFAULT_CANVAS_LENGTH if canvas_length is None else canvas_length, max_positions)
+def canvas_width(canvas_length: int | None, max_positions: int, fit_to: int | None = None) -> int:
+    """The canvas C a call runs on: ``canvas_length`` capped at the model's max positions; for ``None``,
+    ``fit_to`` (the longest prompt + budget + anchor, when the canvas is fitted) or :data:`DEFAULT_CANVAS_LENGTH`
+    (the release), capped the same way."""
+    if canvas_length is None:
+        return min(DEFAULT_CANVAS_LENGTH if fit_to is None else fit_to, max_positions)
+    return min(canvas_length, max_positions)
 
 
 def row_budget(max_new_tokens: int, prompt_length: int, canvas_length: int, anchor_eosbos: bool) -> int:
@@ -145,7 +151,8 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
                 eos_id: int, max_new_tokens: int, canvas_length: int | None = None, anchor_eosbos: bool = True,
                 frozen=None, denoise_end=None, initial_canvas: torch.Tensor | None = None,
                 min_log_snr: float = LOG_SNR_MIN, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None, batch_size: int | None = None) -> CanvasPlan:
+                generator: torch.Generator | None = None, batch_size: int | None = None,
+                tail: str = "denoise", fit_canvas: bool = False) -> CanvasPlan:
     """Validate the layout and build the starting canvas (uniform random ids unless ``initial_canvas``).
 
     The random canvas is the prior draw at λ_min (pure uniform noise: every id equally likely).
@@ -167,7 +174,9 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
         canvas_length = width
     if canvas_length is not None and (not isinstance(canvas_length, int) or canvas_length < 2):
         raise InputError(f"canvas_length must be an integer >= 2, got {canvas_length!r}")
-    length = canvas_width(canvas_length, max_positions)
+    longest = max((len(p) for p in prompts), default=0) if prompts is not None else 0
+    needed = longest + max_new_tokens + (ANCHOR_WIDTH if anchor_eosbos else 0)
+    length = canvas_width(canvas_length, max_positions, fit_to=needed if fit_canvas else None)
 
     batch = len(prompts) if prompts is not None else None
     for other in (initial_canvas.shape[0] if initial_canvas is not None else None, batch_size):
@@ -228,6 +237,8 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
                                  f"{pinned[b][pos]} there")
             pinned[b][pos] = tok
     for b, end in enumerate(_per_row(denoise_end, batch, "denoise_end")):
+        if end is None and tail == "freeze":
+            end = min(prompt_lengths[b] + budgets[b] + (ANCHOR_WIDTH if anchor_eosbos else 0), length)
         if end is None:
             continue
         need = prompt_lengths[b] + budgets[b]

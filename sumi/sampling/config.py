@@ -17,7 +17,8 @@ from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
 from sumi.errors import OptionError
 from sumi.sampling.schedule import SCHEDULES
 
-SAMPLERS = ("adaptive", "ancestral", "greedy")
+SAMPLERS = ("adaptive", "ancestral", "greedy", "psi", "threshold")
+TAILS = ("freeze", "denoise")
 
 
 def _is_int(value: Any) -> bool:
@@ -45,7 +46,9 @@ class SamplingConfig:
     """K denoising steps, at most one forward pass each (None: ``max_new_tokens``)."""
     sampler: str = "adaptive"
     """``adaptive`` (commit the most confident ``tokens_per_step`` positions per step), ``ancestral`` (draw every
-    free position from the exact posterior) or ``greedy`` (every free position takes its argmax)."""
+    free position from the exact posterior), ``greedy`` (every free position takes its argmax), ``psi`` (the
+    Ψ predictor–corrector mixture of ancestral and re-noised clean posterior, weight ``psi_kappa``) or
+    ``threshold`` (commit every position whose confidence reaches ``threshold``, once; stop when all are)."""
     schedule: str = "linear"
     """The λ grid of the K steps: ``linear`` or ``cosine`` in α (:mod:`sumi.sampling.schedule`)."""
     min_log_snr: float = LOG_SNR_MIN
@@ -59,9 +62,24 @@ class SamplingConfig:
     top_p: float | None = None
     """Keep the smallest set of ids whose mass reaches p, in (0, 1] (None = all)."""
     tokens_per_step: int = 1
-    """Positions committed per step by ``adaptive`` (ignored by the other samplers)."""
+    """Positions committed per step by ``adaptive`` (at least that many by ``threshold``; ignored by the
+    others)."""
+    psi_kappa: float = 0.5
+    """``psi``: weight κ ∈ [0, 1] of the ancestral posterior in the Ψ mixture (1 = ancestral exactly, 0 = pure
+    predictor–corrector)."""
+    threshold: float = 0.9
+    """``threshold``: confidence max_v x̂(v) ∈ (0, 1] at which a position is committed."""
+    greedy_tail: bool = False
+    """The last step sets every free position to its argmax (Duo's "greedy tail"), whatever the sampler."""
+    tail: str = "freeze"
+    """Positions after the anchor (the canvas beyond a row's budget): ``denoise`` them as context (the release)
+    or ``freeze`` them at their starting value, so no step is spent on them (only rows shorter than the
+    canvas have a tail when ``canvas_length`` is None)."""
     canvas_length: int | None = None
-    """Canvas width C (None: 2048); capped at the model's max positions."""
+    """Canvas width C, capped at the model's max positions (None: see ``fit_canvas``)."""
+    fit_canvas: bool = True
+    """With ``canvas_length=None``: make the canvas as wide as the longest row needs (prompt + budget + anchor),
+    so no position beyond what was asked for is sampled; False: 2048 (the release's canvas)."""
     anchor_eosbos: bool = True
     """Freeze ``EOS, BOS`` right after each row's budget (where the text should end)."""
     frozen: Any = None
@@ -108,7 +126,13 @@ class SamplingConfig:
         if self.canvas_length is not None and (not _is_int(self.canvas_length) or self.canvas_length < 2):
             self._fail("canvas_length", f"canvas_length must be an integer >= 2 (or None for 2048), got "
                                         f"{self.canvas_length!r}")
-        for name in ("anchor_eosbos", "trim_at_eos", "early_stop", "sliding"):
+        if not _is_number(self.psi_kappa) or not 0.0 <= self.psi_kappa <= 1.0:
+            self._fail("psi_kappa", f"psi_kappa must lie in [0, 1] (1 = ancestral), got {self.psi_kappa!r}")
+        if not _is_number(self.threshold) or not 0.0 < self.threshold <= 1.0:
+            self._fail("threshold", f"threshold must lie in (0, 1] (a probability), got {self.threshold!r}")
+        if self.tail not in TAILS:
+            self._fail("tail", f"unknown tail {self.tail!r}; use one of {', '.join(TAILS)}")
+        for name in ("anchor_eosbos", "trim_at_eos", "early_stop", "sliding", "greedy_tail", "fit_canvas"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.seed is not None and not _is_int(self.seed):
@@ -160,6 +184,12 @@ class SamplingConfig:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplingConfig))
 """Every option name, in declaration order."""
+
+RELEASE = SamplingConfig(canvas_length=None, fit_canvas=False, tail="denoise", sampler="adaptive", temperature=1.0,
+                         num_denoising_steps=None, tokens_per_step=1, greedy_tail=False)
+"""The released sampler's defaults (``sumi-model.md`` §4): a 2048-position canvas (capped at the model's positions)
+whose tail after the anchor is denoised as context, adaptive, T = 1, one step per new token. ``--release-defaults``
+on the command line and ``model.generate`` (the transformers-facing API) start from it."""
 
 
 def sampling_config(config: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:

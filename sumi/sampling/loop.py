@@ -7,6 +7,8 @@ The loop owns the canvas, the RNG and a per-row logits cache. One step k (of K) 
   changed rows are forwarded; ``nfe`` counts forward calls actually made;
 * **early stop** (deterministic samplers only: greedy, adaptive with T = 0): a step that changes no token of
   a row proves the row is a fixed point, so once every row is fixed the remaining steps would be no-ops;
+  ``threshold`` stops once every free position is committed (its own fixed point), whatever T;
+* **greedy tail** (any sampler): the last step sets every free position to its argmax;
 * ``callback(StepInfo)`` after every step (return True to stop) and an optional recorded ``trajectory``.
 """
 
@@ -22,6 +24,7 @@ from sumi.diffusion import alpha_from_log_snr, uniform
 from sumi.errors import InputError
 from sumi.sampling.canvas import parse_prompts, plan_canvas
 from sumi.sampling.config import SamplingConfig
+from sumi.sampling.fewstep import psi_step, threshold_step
 from sumi.sampling.posterior import log_normalizer
 from sumi.sampling.schedule import step_log_snrs
 from sumi.sampling.steps import adaptive_step, ancestral_step, greedy_step
@@ -129,6 +132,9 @@ class GenerationOutput:
     trajectory: Trajectory | None = None
     frozen_mask: torch.Tensor | None = None
     """[B, C] positions that were held fixed (prompt, anchor, ``frozen``, after ``denoise_end``)."""
+    initial_canvas: torch.Tensor | None = None
+    """[B, C] the canvas before the first step (prompt, anchors and frozen tokens written over the random draw):
+    what a returned token still equal to it may be left over from."""
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -271,7 +277,7 @@ def denoise(
         bos_id=model_config.bos_token_id, eos_id=model_config.eos_token_id, max_new_tokens=options.max_new_tokens,
         canvas_length=options.canvas_length, anchor_eosbos=options.anchor_eosbos, frozen=options.frozen,
         denoise_end=options.denoise_end, initial_canvas=initial_canvas, min_log_snr=options.min_log_snr,
-        device=device, generator=gen,
+        device=device, generator=gen, tail=options.tail, fit_canvas=options.fit_canvas,
     )
     canvas, free = plan.canvas, plan.free_mask
     log_snrs = step_log_snrs(steps, options.schedule, options.min_log_snr, options.max_log_snr).tolist()
@@ -288,14 +294,19 @@ def denoise(
         from tqdm.auto import tqdm  # optional dependency of the progress bar only
 
         progress = tqdm(total=steps, desc=f"{options.sampler} sampling", unit="step")
-    step = _sampler_step(options, vocab_size=vocab_size, generator=gen)
+    step, commits = _sampler_step(options, vocab_size=vocab_size, generator=gen)
     source = LogitSource(model, vocab_size)
     source.update(canvas)
+    initial = canvas.clone()
     steps_run = 0
     for k in range(steps):
         log_snr_t, log_snr_s = log_snrs[k], log_snrs[k + 1]
         nfe_before = source.nfe
-        new, committed = step(source, canvas, free, log_snr_t, log_snr_s)
+        last = k == steps - 1
+        if last and options.greedy_tail:
+            new, committed = greedy_step(source.full(), canvas, free)
+        else:
+            new, committed = step(source, canvas, free, log_snr_t, log_snr_s, last)
         changed = new != canvas
         stale = changed.any(dim=1)
         reused = source.nfe == nfe_before
@@ -320,16 +331,31 @@ def denoise(
         if options.early_stop and options.deterministic and not bool(stale.any()):
             logger.debug("canvas converged after %d of %d steps", k + 1, steps)
             break
+        if commits.finished:
+            logger.debug("every free position committed after %d of %d steps", k + 1, steps)
+            break
     if progress is not None:
         progress.close()
     sequences = trim(canvas, plan.prompt_lengths, plan.budgets, model_config.eos_token_id, options.trim_at_eos)
     return GenerationOutput(sequences=sequences, canvas=canvas, prompt_lengths=plan.prompt_lengths,
                             steps_run=steps_run, nfe=source.nfe, budgets=plan.budgets, trajectory=trajectory,
-                            frozen_mask=plan.frozen_mask)
+                            frozen_mask=plan.frozen_mask, initial_canvas=initial)
+
+
+@dataclass
+class CommitState:
+    """What a commit-once sampler (``threshold``) remembers between steps."""
+
+    done: torch.Tensor | None = None
+    """[B, C] bool: positions committed so far."""
+    finished: bool = False
+    """Every free position is committed: the remaining steps would change nothing."""
 
 
 def _sampler_step(options: SamplingConfig, *, vocab_size: int, generator: torch.Generator):
-    """``step(source, canvas, free, λ_t, λ_s) -> (new canvas, committed)`` for the chosen sampler."""
+    """``(step, state)``: ``step(source, canvas, free, λ_t, λ_s, last) -> (new canvas, committed)`` for the chosen
+    sampler, and the :class:`CommitState` it updates."""
+    commits = CommitState()
     mixing = uniform(vocab_size)
     sampler, temperature, top_k, top_p = options.sampler, options.temperature, options.top_k, options.top_p
 
@@ -337,14 +363,28 @@ def _sampler_step(options: SamplingConfig, *, vocab_size: int, generator: torch.
         return float(alpha_from_log_snr(torch.tensor(log_snr, dtype=torch.float64), options.min_log_snr,
                                         options.max_log_snr))
 
-    def step(source: LogitSource, canvas: torch.Tensor, free: torch.Tensor, log_snr_t: float, log_snr_s: float):
+    def step(source: LogitSource, canvas: torch.Tensor, free: torch.Tensor, log_snr_t: float, log_snr_s: float,
+             last: bool):
         if sampler == "ancestral":
             return ancestral_step(source.at, canvas, free, alpha_t=alpha(log_snr_t), alpha_s=alpha(log_snr_s),
                                   log_snr_t=log_snr_t, mixing=mixing, temperature=temperature, top_k=top_k,
                                   top_p=top_p, generator=generator)
+        if sampler == "psi":
+            return psi_step(source.at, canvas, free, alpha_t=alpha(log_snr_t), alpha_s=alpha(log_snr_s),
+                            log_snr_t=log_snr_t, kappa=options.psi_kappa, mixing=mixing, temperature=temperature,
+                            top_k=top_k, top_p=top_p, generator=generator)
         if sampler == "adaptive":
             return adaptive_step(source.full(), canvas, free, tokens_per_step=options.tokens_per_step,
                                  temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        if sampler == "threshold":
+            done = commits.done if commits.done is not None else torch.zeros_like(free)
+            new, committed = threshold_step(
+                source.full(), canvas, free, done, threshold=options.threshold,
+                tokens_per_step=options.tokens_per_step, last=last, temperature=temperature, top_k=top_k,
+                top_p=top_p, generator=generator)
+            commits.done = done | committed
+            commits.finished = bool((commits.done | ~free).all())
+            return new, committed
         return greedy_step(source.full(), canvas, free)
 
-    return step
+    return step, commits

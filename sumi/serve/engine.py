@@ -25,7 +25,7 @@ import torch
 
 from sumi.errors import InputError
 from sumi.sampling import cut_at_stop, generate
-from sumi.sampling.canvas import canvas_width, row_budget
+from sumi.sampling.canvas import ANCHOR_WIDTH, canvas_width, row_budget
 from sumi.sampling.config import SamplingConfig
 from sumi.serve.protocol import APIError, CompletionRequest
 
@@ -125,9 +125,10 @@ class Engine:
     def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest) -> None:
         """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing."""
         max_positions = self.model.config.max_position_embeddings
-        canvas = canvas_width(request.options.canvas_length, max_positions)
         longest = max(len(p) for p in prompts)
         max_tokens = request.options.max_new_tokens
+        canvas = canvas_width(request.options.canvas_length, max_positions,
+                              fit_to=longest + max_tokens + ANCHOR_WIDTH if request.options.fit_canvas else None)
         if longest + max_tokens > canvas:
             raise APIError(400, f"the prompt ({longest} tokens) + max_tokens={max_tokens} does not "
                                 f"fit the canvas of {canvas} positions; shorten the prompt, lower max_tokens or "

@@ -1,0 +1,124 @@
+"""Sample quality against forward calls: the released sampler vs sumi's samplers, on a trained model and judge.
+
+Models (trained once and cached under ``--run-dir``, default ``runs/bench-quality``; see ``bench/quality_models.py``):
+a UDLM and an AR judge of the same size (d 128, 4 layers, 4096-id BPE) trained by sumi's trainer on the embedded
+corpus. Prompts: the first ``PROMPT_TOKENS`` tokens of ``--prompts`` held-out canvases (one sample each, 128 new
+tokens). Every grid point runs on the same prompts and seeds (``sumi.eval.sweep``); metrics in
+``sumi.eval.quality`` (Gen PPL = exp of the mean per-sample judge NLL, ± delta-method s.e. over samples).
+
+``nfe_speedup_at_equal_quality`` = NFE of the released ancestral sampler at 128 steps (the release's canvas and
+tail, T = 1) ÷ the fewest NFE at which another grid point reaches a Gen PPL no worse than the reference's Gen
+PPL + its s.e., at a unigram entropy at least 97% of the reference's.
+
+Prints one JSON line; writes ``<run-dir>/sweep.json`` and ``<run-dir>/sweep.png`` (``--plot`` to move it).
+Usage: ``python bench/sample_quality.py [--run-dir runs/bench-quality] [--prompts 32] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_models import ensure_models  # noqa: E402
+
+PROMPT_TOKENS = 8
+NEW_TOKENS = 128
+REFERENCE = {"sampler": "ancestral", "num_denoising_steps": 128, "temperature": 1.0, "preset": "release"}
+
+
+def held_out_prompts(run_dir: Path, tokenizer, count: int) -> list[str]:
+    """The first PROMPT_TOKENS ordinary tokens of the first ``count`` held-out canvases, decoded."""
+    from sumi.data import PackedLoader
+
+    loader = PackedLoader(run_dir / "shards", "heldout", batch_size=1, shuffle=False, drop_last=False)
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    prompts = []
+    for canvas in loader:
+        ids = [i for i in canvas[0].tolist() if i not in special]
+        for start in range(0, len(ids) - PROMPT_TOKENS, 64):
+            prompts.append(tokenizer.decode(ids[start:start + PROMPT_TOKENS]))
+            if len(prompts) == count:
+                return prompts
+    return prompts
+
+
+def grid(quick: bool) -> list[dict]:
+    """The grid points (each a dict of generate options; ``preset`` selects the release's defaults)."""
+    steps = (16, 32, 64, 128) if not quick else (16, 128)
+    points = [dict(REFERENCE, num_denoising_steps=k) for k in steps]
+    for k in steps:
+        points.append({"sampler": "ancestral", "num_denoising_steps": k, "temperature": 1.0})
+    return points
+
+
+def speedup(points, reference_index: int) -> dict:
+    ref = points[reference_index]
+    bound = ref.summary.gen_ppl + ref.summary.gen_ppl_se
+    floor = 0.97 * ref.summary.entropy
+    matches = [(p.nfe_per_sample, p.label) for i, p in enumerate(points)
+               if i != reference_index and p.summary.gen_ppl <= bound and p.summary.entropy >= floor]
+    if not matches:
+        return {"nfe_speedup_at_equal_quality": None, "best": None, "reference_nfe": ref.nfe_per_sample}
+    nfe, label = min(matches)
+    return {"nfe_speedup_at_equal_quality": round(ref.nfe_per_sample / nfe, 3), "best": label, "best_nfe": nfe,
+            "reference_nfe": ref.nfe_per_sample, "reference_gen_ppl": ref.summary.gen_ppl,
+            "reference_gen_ppl_se": ref.summary.gen_ppl_se, "reference_entropy": ref.summary.entropy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-quality"))
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a few grid points only")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default <run-dir>/sweep.png)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+
+    from sumi.checkpoint import resolve_model
+    from sumi.eval.quality import load_judge
+    from sumi.eval.sweep import plot_sweep, run_sweep, write_sweep
+
+    udlm_dir, judge_dir = ensure_models(args.run_dir)
+    model, tokenizer = resolve_model(str(udlm_dir))
+    model.eval()
+    judge = load_judge(judge_dir, batch_size=args.batch_size)
+    prompts = held_out_prompts(args.run_dir, tokenizer, args.prompts)
+    points_grid = grid(args.quick)
+    started = time.perf_counter()
+
+    def log(point):
+        s = point.summary
+        logging.info("%-40s NFE %6.1f  Gen PPL %8.2f ± %6.2f  entropy %.3f  noise %.3f  %.0fs", point.label,
+                     point.nfe_per_sample, s.gen_ppl, s.gen_ppl_se, s.entropy, s.noise_share or 0.0, s.wall_s)
+
+    points = run_sweep(model, tokenizer, prompts, judge, points_grid, base={"max_new_tokens": NEW_TOKENS},
+                       batch_size=args.batch_size, seed=0, on_point=log)
+    reference_index = points_grid.index(REFERENCE)
+    result = speedup(points, reference_index)
+    write_sweep(args.run_dir / "sweep.json", points, extra={"prompts": prompts, **result})
+    plot_sweep(points, args.plot or args.run_dir / "sweep.png", reference=points[reference_index],
+               title=f"{len(prompts)} held-out prompts, {NEW_TOKENS} new tokens (bench/sample_quality.py)")
+    record = {"config": {"prompts": len(prompts), "new_tokens": NEW_TOKENS, "threads": args.threads,
+                         "udlm": str(udlm_dir), "judge": str(judge_dir), "torch": torch.__version__,
+                         "seconds": round(time.perf_counter() - started, 1)},
+              "samplers": {p.label: {"nfe": p.nfe_per_sample, "gen_ppl": round(p.summary.gen_ppl, 3),
+                                     "gen_ppl_se": round(p.summary.gen_ppl_se, 3),
+                                     "entropy": round(p.summary.entropy, 4),
+                                     "noise_share": p.summary.noise_share} for p in points},
+              **result}
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
