@@ -17,6 +17,7 @@ Prints one JSON line:
   model that returns precomputed logits, so the forward costs nothing) ÷ forward ms. Target ≤ 0.10.
 
 Usage: ``python bench/sample.py [--timed-steps 6] [--repeats 2] [--threads 2]``. Runtime ~3 min on 2 idle cores.
+``--overhead-only psi threshold`` times only those samplers' own work (the logits-only loop) against a forward.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def seconds(fn, repeats: int = 1) -> float:
     return best
 
 
+SAMPLER_OPTIONS = {"psi": {"psi_kappa": 0.5}, "threshold": {"threshold": 0.8, "tokens_per_step": 4}}
+"""Options of the few-step samplers when their own work is timed (``--overhead-only``)."""
+
+
 def fast_step_times(model, prompts, canvas, sampler: str, timed: int) -> list[float]:
     """Wall time of each of the first ``timed`` steps of a 64-step run (seconds)."""
     marks = [time.perf_counter()]
@@ -66,7 +71,8 @@ def fast_step_times(model, prompts, canvas, sampler: str, timed: int) -> list[fl
         return info.step + 1 >= timed
 
     out = generate(model, prompts, max_new_tokens=NEW_TOKENS, num_denoising_steps=STEPS, sampler=sampler,
-                   canvas_length=CANVAS, initial_canvas=canvas, seed=1, callback=tick)
+                   canvas_length=CANVAS, initial_canvas=canvas, seed=1, callback=tick,
+                   **SAMPLER_OPTIONS.get(sampler, {}))
     assert out.steps_run == timed
     return [b - a for a, b in zip(marks, marks[1:])]
 
@@ -81,6 +87,8 @@ def main() -> None:
     parser.add_argument("--timed-steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--overhead-only", nargs="+", default=None, metavar="SAMPLER",
+                        help="only time these samplers' own work against a forward (e.g. psi threshold)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = get_preset("sumi-25m").replace(max_position_embeddings=CANVAS)
@@ -113,6 +121,16 @@ def main() -> None:
         # loop, the reference, the logits-only loop and the forward: a busy machine only adds time, so minima
         # taken close together are the closest to an idle machine.
         forward = forward_time(repeats=3)
+        if args.overhead_only:
+            for sampler in args.overhead_only:
+                runs = []
+                for _ in range(repeats):
+                    runs.append(fast_step_times(fake, prompts, canvas, sampler, n))
+                    forward = min(forward, forward_time(repeats=1))
+                sampler_ms = 1e3 * sum(best_per_step(runs)) / n
+                result["sampler_overhead"].setdefault(sampler, {})[key] = round(sampler_ms / (1e3 * forward), 4)
+            result["forward_ms"][key] = round(1e3 * forward, 2)
+            continue
         timings = {}
         for sampler in ("ancestral", "adaptive"):
             timed = STEPS if sampler == "ancestral" else n  # ancestral's cost varies along the schedule

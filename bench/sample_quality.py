@@ -52,10 +52,25 @@ def held_out_prompts(run_dir: Path, tokenizer, count: int) -> list[str]:
 
 def grid(quick: bool) -> list[dict]:
     """The grid points (each a dict of generate options; ``preset`` selects the release's defaults)."""
-    steps = (16, 32, 64, 128) if not quick else (16, 128)
-    points = [dict(REFERENCE, num_denoising_steps=k) for k in steps]
-    for k in steps:
-        points.append({"sampler": "ancestral", "num_denoising_steps": k, "temperature": 1.0})
+    if quick:
+        return [REFERENCE, {"sampler": "ancestral", "num_denoising_steps": 32, "greedy_tail": True},
+                {"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4, "num_denoising_steps": 32}]
+    points = [dict(REFERENCE, num_denoising_steps=k) for k in (32, 128)]
+    for k in (32, 128):  # the released default sampler (adaptive, T = 1, K = new tokens)
+        points.append({"preset": "release", "sampler": "adaptive", "num_denoising_steps": k, "temperature": 1.0})
+    for k in (16, 32, 64, 128):
+        points.append({"sampler": "ancestral", "num_denoising_steps": k})
+    for k in (16, 32, 64):
+        points.append({"sampler": "ancestral", "num_denoising_steps": k, "greedy_tail": True})
+    for k in (16, 32, 64):
+        points.append({"sampler": "psi", "num_denoising_steps": k, "psi_kappa": 0.5, "greedy_tail": True})
+    points.append({"sampler": "psi", "num_denoising_steps": 32, "psi_kappa": 0.8, "greedy_tail": True})
+    points.append({"sampler": "ancestral", "num_denoising_steps": 32, "temperature": 0.9, "greedy_tail": True})
+    for tau, k, steps in ((0.8, 8, 16), (0.8, 4, 32), (0.5, 4, 32), (0.8, 2, 64)):
+        points.append({"sampler": "threshold", "threshold": tau, "tokens_per_step": k, "num_denoising_steps": steps})
+    points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4, "num_denoising_steps": 32,
+                   "temperature": 0.9})
+    points.append({"sampler": "adaptive", "num_denoising_steps": 32, "tokens_per_step": 4})
     return points
 
 

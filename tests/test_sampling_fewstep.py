@@ -129,3 +129,18 @@ def test_release_preset_reproduces_model_generate_and_the_old_canvas(tiny_model)
     ours = generate(tiny_model, [[0, 4, 5]], **kw)
     assert ours.canvas.shape[1] == 3 + 8 + 2 and not bool(ours.frozen_mask[0, 3:11].any())
     assert SamplingConfig().fit_canvas and SamplingConfig().tail == "freeze"
+
+
+def test_trajectory_views_show_the_tail_and_count_its_writes(tiny_model, tiny_tokenizer, tmp_path):
+    from sumi.sampling.visual import trajectory_html, write_trajectory_gif, writes_by_region
+
+    kw = dict(max_new_tokens=8, num_denoising_steps=6, sampler="ancestral", seed=0, return_trajectory=True)
+    released = generate(tiny_model, [[0, 4, 5]], RELEASE, canvas_length=40, **kw).trajectory
+    ours = generate(tiny_model, [[0, 4, 5]], **kw).trajectory
+    assert writes_by_region(released)["tail"] > 0 and writes_by_region(ours)["tail"] == 0
+    page = trajectory_html(released, tiny_tokenizer)
+    writes = writes_by_region(released)
+    assert f"wrote {writes['answer']} tokens into the answer and {writes['tail']} into the 27-position tail" in page
+    assert '"tail_start": 13' in page and len(released.frames[0].canvas[0]) == 40
+    gif = write_trajectory_gif(tmp_path / "t.gif", released, tiny_tokenizer)
+    assert gif.read_bytes()[:6] == b"GIF89a"

@@ -1,8 +1,9 @@
 """Seeing generation: a self-contained HTML replay, an animated GIF, and a live terminal view of a canvas.
 
 All three take a :class:`~sumi.sampling.loop.Trajectory` (or, for the live view, each
-:class:`~sumi.sampling.loop.StepInfo`) plus a tokenizer with ``decode(ids)``. Only the prompt, the generated
-budget and the anchor of one row are shown (the tail after the anchor is context, not output).
+:class:`~sumi.sampling.loop.StepInfo`) plus a tokenizer with ``decode(ids)``. The replays show one row's whole
+canvas, the tail after the anchor included (greyed), and count where each step's writes went (the answer or the
+tail), so a canvas wider than the request shows what it cost.
 """
 
 from __future__ import annotations
@@ -33,9 +34,25 @@ class TokenPieces:
 
 
 def visible_span(trajectory: Trajectory, row: int) -> int:
-    """Canvas positions shown for ``row``: prompt + budget + the EOS, BOS anchor (never past the canvas)."""
+    """Canvas positions shown for ``row``: all of them (prompt, budget, anchor and tail)."""
+    return trajectory.frames[0].canvas.shape[1]
+
+
+def tail_start(trajectory: Trajectory, row: int) -> int:
+    """First canvas position after ``row``'s budget and its EOS, BOS anchor (the canvas width if none)."""
     width = trajectory.frames[0].canvas.shape[1]
     return min(width, trajectory.prompt_lengths[row] + trajectory.budgets[row] + 2)
+
+
+def writes_by_region(trajectory: Trajectory, row: int = 0) -> dict[str, int]:
+    """Positions written over the whole run (summed over steps) in ``row``'s answer (its budget) and its tail."""
+    p, budget = trajectory.prompt_lengths[row], trajectory.budgets[row]
+    answer = tail = 0
+    for frame in trajectory.frames[1:]:
+        committed = frame.committed[row]
+        answer += int(committed[p:p + budget].sum())
+        tail += int(committed[tail_start(trajectory, row):].sum())
+    return {"answer": answer, "tail": tail}
 
 
 def final_text(trajectory: Trajectory, tokenizer, row: int = 0, eos_id: int | None = None) -> str:
@@ -56,6 +73,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}
   border-radius:6px;min-height:6em}
 #canvas span{border-radius:3px;padding:1px 0}
 .prompt{color:#888}.frozen{text-decoration:underline}.anchor{color:#b00;font-weight:bold}
+.tail{color:#aaa;font-style:italic}
 .committed{background:#ffe066}.changed{background:#cde7ff}
 .controls{margin:1em 0;display:flex;gap:1em;align-items:center}
 #final{white-space:pre-wrap;border-left:4px solid #2a7;padding-left:1em}
@@ -67,7 +85,9 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}
 <input id="slider" type="range" min="0" max="0" value="0" style="flex:1">
 <span id="label"></span></div>
 <p class="legend"><span class="prompt">prompt</span><span class="committed">committed this step</span>
-<span class="changed">changed this step</span><span class="anchor">anchor</span><span class="frozen">frozen</span></p>
+<span class="changed">changed this step</span><span class="anchor">anchor</span><span class="frozen">frozen</span>
+<span class="tail">tail after the anchor</span></p>
+<p id="where">__WHERE__</p>
 <div id="canvas" data-rendered="0"></div>
 <h2>Final text</h2>
 <div id="final">__FINAL__</div>
@@ -86,6 +106,7 @@ function render(i) {
     const cls = [];
     if (pos < D.prompt_length) cls.push('prompt');
     else if (D.anchor.includes(pos)) cls.push('anchor');
+    else if (pos >= D.tail_start) cls.push('tail');
     if (D.frozen.includes(pos)) cls.push('frozen');
     if (i > 0 && f.committed.includes(pos)) cls.push('committed');
     else if (i > 0 && prev.ids[pos] !== id) cls.push('changed');
@@ -95,7 +116,8 @@ function render(i) {
   });
   slider.value = i;
   label.textContent = (f.step < 0 ? 'start' : 'step ' + (f.step + 1) + '/' + D.num_steps) +
-    '  \\u03bb ' + f.lam_t.toFixed(2) + ' \\u2192 ' + f.lam_s.toFixed(2);
+    '  \\u03bb ' + f.lam_t.toFixed(2) + ' \\u2192 ' + f.lam_s.toFixed(2) +
+    (i > 0 ? '  writes: ' + f.in_answer + ' in the answer, ' + f.in_tail + ' in the tail' : '');
   canvasEl.dataset.rendered = '1';
   canvasEl.dataset.frame = String(i);
 }
@@ -125,27 +147,36 @@ def trajectory_html(trajectory: Trajectory, tokenizer, *, row: int = 0, title: s
     pieces = TokenPieces(tokenizer)
     p, budget = trajectory.prompt_lengths[row], trajectory.budgets[row]
     frozen = trajectory.frozen_mask[row, :span] if trajectory.frozen_mask is not None else torch.zeros(span)
+    tail = tail_start(trajectory, row)
     frames = []
     for frame in trajectory.frames:
         ids = frame.canvas[row, :span].tolist()
         for token_id in ids:
             pieces(token_id)
+        committed = frame.committed[row, :span]
         frames.append({
             "step": frame.step, "lam_t": frame.log_snr_t, "lam_s": frame.log_snr_s, "ids": ids,
-            "committed": frame.committed[row, :span].nonzero().squeeze(-1).tolist(),
+            "committed": committed.nonzero().squeeze(-1).tolist(),
+            "in_answer": int(committed[p:p + budget].sum()), "in_tail": int(committed[tail:].sum()),
             "prob": None if frame.argmax_prob is None else [round(float(v), 4) for v in frame.argmax_prob[row, :span]],
         })
     anchor = [pos for pos in (p + budget, p + budget + 1) if pos < span]
     data = {
         "frames": frames, "pieces": {str(k): v for k, v in pieces.cache.items()}, "prompt_length": p,
         "anchor": anchor, "frozen": [i for i in frozen.nonzero().squeeze(-1).tolist() if i >= p and i not in anchor],
-        "num_steps": max(1, len(frames) - 1),
+        "num_steps": max(1, len(frames) - 1), "tail_start": tail,
     }
+    writes = writes_by_region(trajectory, row)
+    total = writes["answer"] + writes["tail"]
+    where = (f"{len(frames) - 1} steps wrote {writes['answer']} tokens into the answer and {writes['tail']} into the "
+             f"{span - tail}-position tail after the anchor"
+             + (f" ({100 * writes['tail'] / total:.0f}% of the writes)" if total else ""))
     # "</" inside the JSON would end the script element early.
     payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
     text = final_text(trajectory, tokenizer, row, eos_id)
     return (_PAGE.replace("__DATA__", payload).replace("__FINAL__", html.escape(text))
-            .replace("__TITLE__", html.escape(title)).replace("__META__", html.escape(meta)))
+            .replace("__TITLE__", html.escape(title)).replace("__META__", html.escape(meta))
+            .replace("__WHERE__", html.escape(where)))
 
 
 def write_trajectory_html(path: str | Path, trajectory: Trajectory, tokenizer, **kwargs) -> Path:
@@ -165,8 +196,9 @@ def write_trajectory_gif(path: str | Path, trajectory: Trajectory, tokenizer, *,
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
         font = ImageFont.load_default()
     span = visible_span(trajectory, row)
+    tail = tail_start(trajectory, row)
     pieces = TokenPieces(tokenizer)
-    p = trajectory.prompt_lengths[row]
+    p, budget = trajectory.prompt_lengths[row], trajectory.budgets[row]
     frames = trajectory.frames
     if len(frames) > MAX_GIF_FRAMES:
         stride = -(-len(frames) // MAX_GIF_FRAMES)
@@ -189,15 +221,18 @@ def write_trajectory_gif(path: str | Path, trajectory: Trajectory, tokenizer, *,
     for frame in frames:
         img = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(img)
+        committed = frame.committed[row, :span]
         label = "start" if frame.step < 0 else \
-            f"step {frame.step + 1}   log-SNR {frame.log_snr_t:+.2f} -> {frame.log_snr_s:+.2f}"
+            (f"step {frame.step + 1}   log-SNR {frame.log_snr_t:+.2f} -> {frame.log_snr_s:+.2f}   writes: "
+             f"{int(committed[p:p + budget].sum())} answer, {int(committed[tail:].sum())} tail")
         draw.text((margin, margin // 2), label, fill=(90, 90, 90), font=font)
         boxes, _ = layout(frame.canvas[row, :span].tolist())
-        committed = frame.committed[row, :span]
         for pos, (x, y, w, piece) in enumerate(boxes):
             if frame.step >= 0 and bool(committed[pos]):
                 draw.rectangle((x, y, x + w, y + line_h - 4), fill=(255, 224, 102))
-            colour = (140, 140, 140) if pos < p else (20, 20, 20)
+            elif pos >= tail:  # the tail after the anchor: shaded, so steps spent there are visible
+                draw.rectangle((x, y, x + w, y + line_h - 4), fill=(232, 232, 232))
+            colour = (140, 140, 140) if pos < p or pos >= tail else (20, 20, 20)
             draw.text((x, y), piece, fill=colour, font=font)
         images.append(img)
     path = Path(path)
