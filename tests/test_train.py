@@ -282,3 +282,23 @@ def test_init_from_checkpoint_or_export_loads_weights_only(tmp_path, canvases):
     with pytest.raises(ConfigError, match="does not match the configured model"):
         Trainer(tiny_run(tmp_path / "three", f"model.init_from={result.model_dir}", "model.overrides.hidden_size=32",
                          "model.overrides.head_dim=8"), loader_factory=factory(canvases))
+
+
+def test_parallel_layout_resolution_and_errors():
+    from sumi.config import sumi_tiny
+    from sumi.train.parallelize import Layout
+    from sumi.train.tensor_parallel import check_tensor_parallel
+
+    layout = Layout.resolve("fsdp", 16, replicate=2, tensor=4)
+    assert (layout.replicate, layout.shard, layout.tensor, layout.data_size) == (2, 2, 4, 4)
+    assert [layout.data_rank(r) for r in (0, 3, 4, 15)] == [0, 0, 1, 3]  # a TP group shares its rows
+    assert Layout.resolve("auto", 1) == Layout()
+    with pytest.raises(ConfigError, match="not divisible"):
+        Layout.resolve("fsdp", 6, replicate=4)
+    with pytest.raises(ConfigError, match="parallelism=fsdp"):
+        Layout.resolve("ddp", 4, tensor=2)
+    with pytest.raises(ConfigError, match="num_key_value_heads=2"):
+        check_tensor_parallel(sumi_tiny(), 4)
+    for bad in ("training.tensor_parallel=0", "training.activation_checkpointing_mode=some"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            resolve_run_config(None, [bad])

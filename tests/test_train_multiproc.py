@@ -63,14 +63,19 @@ def curve(path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(path)]
 
 
-@pytest.mark.parametrize("parallelism,world", [("ddp", 2), ("fsdp", 2), ("fsdp", 4)])
-def test_ranks_match_one_process(tmp_path, shards, parallelism, world):
+@pytest.mark.parametrize("parallelism,world,layout", [
+    ("ddp", 2, []), ("fsdp", 2, []), ("fsdp", 4, []),
+    # 2 HSDP replicas x 2-way tensor parallelism: 2 data-parallel ranks, each TP pair reads the same rows.
+    ("fsdp", 4, ["training.data_parallel_replicate=2", "training.tensor_parallel=2"]),
+])
+def test_ranks_match_one_process(tmp_path, shards, parallelism, world, layout):
     """Same global batch (1 x 4 vs 2 x 2 vs 4 x 1): each rank reads and noises only its rows, from streams keyed
     by the global row, so the data and noise per row and hence the curves agree to fp32 noise."""
     single = run_in_process(common(shards, tmp_path / "one", 4) + ["training.micro_batch_size=4"])
+    data_ranks = world // (2 if layout else 1)
     cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={world}", "-m", "sumi.cli", "train",
-           *common(shards, tmp_path / "two", 4), f"training.micro_batch_size={4 // world}",
-           f"training.parallelism={parallelism}"]
+           *common(shards, tmp_path / "two", 4), f"training.micro_batch_size={4 // data_ranks}",
+           f"training.parallelism={parallelism}", *layout]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     multi = curve(tmp_path / "two" / "metrics.jsonl")

@@ -177,13 +177,23 @@ class TrainingSection:
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     precision: str = "auto"
-    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32`` or ``bf16``: under FSDP2 a ``MixedPrecisionPolicy`` (bf16
+    parameters in compute, fp32 gradient reduction, fp32 master weights), otherwise bf16 autocast."""
     parallelism: str = "auto"
     """``auto`` (FSDP2 when world size > 1), ``none``, ``ddp`` or ``fsdp``."""
+    data_parallel_replicate: int = 1
+    """HSDP: replica groups (e.g. nodes); FSDP2 shards within a group and gradients are all-reduced across
+    groups. 1 = plain FSDP2 over all data-parallel ranks. Needs parallelism=fsdp."""
+    tensor_parallel: int = 1
+    """Tensor-parallel degree (DTensor: column/row-parallel attention and SwiGLU, sequence-parallel norms); must
+    divide the head counts and the SwiGLU width. Composed with FSDP2 on a 2-D mesh; needs parallelism=fsdp."""
     compile: bool = False
     """``torch.compile`` the model (whole model, or each block under FSDP2)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward (saves memory, costs ~1/3 more compute)."""
+    activation_checkpointing_mode: str = "full"
+    """``full`` (keep only each block's input) or ``selective`` (keep matmul and attention outputs, recompute
+    the elementwise ops: less recompute, more memory)."""
     fused_loss: bool = True
     """UDLM: the exact uniform-noise loss with a closed-form backward (``sumi.diffusion.loss.sumi_loss``, the
     model's own loss); false uses ``sumi_loss_reference`` (autograd through V-sized temporaries, same values)."""
@@ -216,6 +226,11 @@ class TrainingSection:
               f"training.precision={self.precision!r}; use auto, fp32 or bf16")
         _need(self.parallelism in ("auto", "none", "ddp", "fsdp"),
               f"training.parallelism={self.parallelism!r}; use auto, none, ddp or fsdp")
+        for name in ("data_parallel_replicate", "tensor_parallel"):
+            _need(getattr(self, name) >= 1, f"training.{name} must be >= 1 (1 = off), got {getattr(self, name)}")
+        _need(self.activation_checkpointing_mode in ("full", "selective"),
+              f"training.activation_checkpointing_mode={self.activation_checkpointing_mode!r}; use full or "
+              "selective")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from sumi.train.config import RunConfig
 from sumi.train.metrics import MetricsLogger, plot_loss_curve
 from sumi.train.noising import noise_rows
 from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
-from sumi.train.parallelize import DistEnv, init_distributed, materialize_sharded, parallelize
+from sumi.train.parallelize import DistEnv, Layout, init_distributed, materialize_sharded, parallelize
 from sumi.train.run_dir import check_run_dir, claim_run_dir
 
 logger = logging.getLogger(__name__)
@@ -144,13 +144,16 @@ class Trainer:
         tc = cfg.training
         self.precision = tc.precision if tc.precision != "auto" else (
             "bf16" if self.env.device.type == "cuda" else "fp32")
-        parallelism = tc.parallelism if tc.parallelism != "auto" else (
-            "fsdp" if self.env.distributed else "none")
+        self.layout = Layout.resolve(tc.parallelism, self.env.world_size, tc.data_parallel_replicate,
+                                     tc.tensor_parallel)
+        parallelism = self.layout.data_parallel
+        # Data-parallel coordinates: the ranks of one tensor-parallel group read the same rows.
+        self.data_rank, self.data_size = self.layout.data_rank(self.env.rank), self.layout.data_size
         self.causal = self.model_config.is_causal
         # FSDP2 builds the model on the meta device and materialises only each rank's shard (a 7B model never
         # exists in full on one host); otherwise every rank builds identical full weights (same seed) that DDP
         # broadcasts. Both give exactly the single-process initialisation.
-        meta_init = parallelism == "fsdp" and self.env.distributed and not cfg.model.init_from
+        meta_init = parallelism == "fsdp" and not cfg.model.init_from
         if meta_init:
             with torch.device("meta"):
                 self.model = SumiForMaskGeneration(self.model_config)
@@ -160,8 +163,10 @@ class Trainer:
                 self._init_from(cfg.model.init_from)
             self.model.to(self.env.device)
         self.model.set_attn_implementation(cfg.model.attn_implementation)
-        self.module = parallelize(self.model, self.env, parallelism=parallelism, compile=tc.compile,
-                                  activation_checkpointing=tc.activation_checkpointing)
+        self.module = parallelize(
+            self.model, self.env, self.layout, compile=tc.compile,
+            activation_checkpointing=tc.activation_checkpointing and tc.activation_checkpointing_mode,
+            bf16_params=self.precision == "bf16" and parallelism == "fsdp")
         if meta_init:
             materialize_sharded(self.model, self.env.device, cfg.model.init_seed)
         self.parallelism = parallelism
@@ -170,7 +175,7 @@ class Trainer:
         self.scheduler = LRScheduler(self.optimizer, LRSchedule.from_config(cfg.optimizer, cfg.schedule, tc.steps))
         self.time_sampler = TimeSampler(cfg.noise.log_snr_min, cfg.noise.log_snr_max, cfg.noise.per_token_fraction)
         self.noise = uniform(self.model_config.vocab_size)
-        self.global_batch = tc.micro_batch_size * self.env.world_size
+        self.global_batch = tc.micro_batch_size * self.data_size
         self.train_loader = self._loader("train", tc.seed)
         # Open (and verify) the held-out split now: an empty or corrupt one fails here, not after training.
         self._loader("heldout", tc.eval_seed)
@@ -202,10 +207,10 @@ class Trainer:
         tc = self.cfg.training
         if not tc.global_batch_size:
             return tc.grad_accum_steps
-        per_micro = tc.micro_batch_size * self.env.world_size
+        per_micro = tc.micro_batch_size * self.data_size
         if tc.global_batch_size % per_micro:
             raise ConfigError(f"training.global_batch_size={tc.global_batch_size} is not a multiple of "
-                              f"micro_batch_size × world size = {tc.micro_batch_size} × {self.env.world_size}; "
+                              f"micro_batch_size × data-parallel ranks = {tc.micro_batch_size} × {self.data_size}; "
                               "change one of them")
         return tc.global_batch_size // per_micro
 
@@ -231,8 +236,8 @@ class Trainer:
             dist.barrier()
 
     def _loader(self, split: str, seed: int):
-        return self.loader_factory(split, self.cfg.training.micro_batch_size, seed, self.env.rank,
-                                   self.env.world_size)
+        return self.loader_factory(split, self.cfg.training.micro_batch_size, seed, self.data_rank,
+                                   self.data_size)
 
     def _next_batch(self) -> torch.Tensor:
         if self._train_iter is None:
@@ -247,8 +252,8 @@ class Trainer:
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(z, t, labels) on the device for this rank's rows x [B, S]; t is None for the AR baseline.
 
-        Row j of this rank is row ``rank·B + j`` of the global micro-batch, noised from the stream
-        ``(*key, rank·B + j)`` (see :mod:`sumi.train.noising`): the same noise whichever rank holds it.
+        Row j of this rank is row ``r·B + j`` of the global micro-batch (r = the data-parallel rank), noised from
+        the stream ``(*key, r·B + j)`` (see :mod:`sumi.train.noising`): the same noise whichever rank holds it.
         """
         x = x.long()
         dev = self.env.device
@@ -258,12 +263,13 @@ class Trainer:
             return x.to(dev, non_blocking=True), None, labels
         sampler = self.time_sampler if per_token_fraction is None else TimeSampler(
             self.time_sampler.log_snr_min, self.time_sampler.log_snr_max, per_token_fraction)
-        first = self.env.rank * x.shape[0]
+        first = self.data_rank * x.shape[0]
         z, t = noise_rows(x, [(*key, first + j) for j in range(x.shape[0])], sampler, self.noise)
         return z.to(dev, non_blocking=True), t.to(dev, non_blocking=True), labels
 
     def _autocast(self):
-        if self.precision == "bf16":
+        # Under FSDP2 the MixedPrecisionPolicy already computes in bf16 (parameters cast at all-gather).
+        if self.precision == "bf16" and self.parallelism != "fsdp":
             return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
