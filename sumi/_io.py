@@ -125,3 +125,39 @@ def output_failure(exc: BaseException) -> str | None:
         if isinstance(failures, dict):
             stack += [pair[0] if isinstance(pair, tuple) else pair for pair in failures.values()]
     return None
+
+
+def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
+    """The UTF-8 text of ``path``; bytes that are not UTF-8 raise ``error`` (default InputError) naming the file
+    and the offset, instead of a bare UnicodeDecodeError."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        from sumi.errors import InputError
+
+        raise (error or InputError)(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                                    f"{exc.start}); save it as UTF-8") from None
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Fail now, before any work, when ``path`` (a file or directory to be written) cannot be created there.
+
+    Creates missing parent directories (they are needed anyway) and a probe file next to where ``path`` will be;
+    raises InputError naming the path and the reason.
+    """
+    from sumi.errors import InputError
+
+    path = Path(path)
+    target_dir = path if path.is_dir() else path.parent
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=target_dir, prefix=".sumi-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write the {what} {path}: {exc.strerror or exc}; choose a writable path") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"cannot write the {what} {path}: permission denied; choose a writable path")
+    return path

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from sumi._io import atomic_write_text
 from sumi.config import CONFIG_NAME, SumiConfig
-from sumi.errors import CheckpointError, ConfigError
+from sumi.errors import CheckpointError, ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,25 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, … as a torch.device; InputError for a name torch does not know or a
+    device this machine lacks."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        resolved = torch.device(device or "cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: CUDA is not available on this machine; use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type not in ("cpu", "mps"):
+        raise InputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return resolved
+
+
 def _is_ignored(name: str) -> bool:
     return any(p.fullmatch(name) for p in IGNORED_KEY_PATTERNS)
 
@@ -69,9 +88,15 @@ def weight_files(directory: Path) -> dict[str, Path]:
     single = directory / SINGLE_FILE
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            weight_map = json.loads(index.read_bytes())["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to file names")
+        except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {exc}") from exc
+        outside = sorted({f for f in weight_map.values() if Path(f).name != f or f in ("", ".", "..")})
+        if outside:
+            raise CheckpointError(f"{index} points at {outside[:3]}, outside the model folder {directory}; an "
+                                  "index may only name shard files next to it")
         files = {name: directory / fname for name, fname in weight_map.items()}
         for fname in sorted(set(files.values())):
             if not fname.is_file():
@@ -141,8 +166,9 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
         raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from exc
     if config.model_type != "sumi":
         raise CheckpointError(f"{directory} holds model_type={config.model_type!r}, not a sumi model")
-    device = torch.device(device or "cpu")
+    device = resolve_device(device)
     target_dtype = resolve_dtype(dtype)
+    check_config_against_weights(config, directory)
 
     with torch.device("meta"):
         model = SumiForMaskGeneration(config)
@@ -188,6 +214,40 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
     rotary.init_tables()
     model.eval()
     return model
+
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def check_config_against_weights(config: SumiConfig, directory: Path) -> None:
+    """Compare config.json with the weight files' headers before anything is allocated.
+
+    A config whose sizes the stored tensors do not have (e.g. ``num_hidden_layers`` 1e9 next to 2 layers of
+    weights) raises :class:`CheckpointError` naming both, instead of building a huge model first. Only the
+    safetensors headers are read.
+    """
+    files = weight_files(directory)
+    layers = {int(m.group(1)) for name in files if (m := _LAYER.match(name))}
+    if layers != set(range(config.num_hidden_layers)):
+        found = f"{len(layers)} layers (indices {min(layers)}..{max(layers)})" if layers else "no layers"
+        raise CheckpointError(f"{directory / CONFIG_NAME} says num_hidden_layers={config.num_hidden_layers} but the "
+                              f"weights hold {found}; the config does not belong to these weights")
+    hd, d = config.resolved_head_dim, config.hidden_size
+    expected = {"model.embed_tokens.weight": (config.vocab_size, d),
+                "model.layers.0.self_attn.q_proj.weight": (config.num_attention_heads * hd, d),
+                "model.layers.0.self_attn.k_proj.weight": (config.num_key_value_heads * hd, d),
+                "model.layers.0.mlp.gate_proj.weight": (config.intermediate_size, d)}
+    for name, shape in expected.items():
+        if name not in files:
+            continue  # reported as missing by load_model
+        try:
+            with safe_open(str(files[name]), framework="pt") as f:
+                stored = tuple(f.get_slice(name).get_shape())
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {files[name]}: truncated or corrupt safetensors file ({exc})") from None
+        if stored != shape:
+            raise CheckpointError(f"tensor {name} in {files[name].name} has shape {stored}, but config.json implies "
+                                  f"{shape}; the config does not belong to these weights")
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from sumi.errors import SumiError
+
+OUTPUT_ARGS = ("output", "out", "trajectory", "gif", "dst")
+"""Arguments naming a file or folder a command writes: checked for writability before any work starts."""
 
 # name -> (module, one-line help). Order is the order shown by `sumi --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -69,15 +73,52 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(module, "ACCEPTS_EXTRA_ARGS", False):
         args.extra_args = rest
     try:
+        _check_outputs(args)
         return int(module.run(args) or 0)
     except SumiError as exc:
         if args.verbose:
             raise
-        print(f"sumi {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
     except KeyboardInterrupt:
         print(f"sumi {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, MemoryError, RuntimeError) as exc:  # the environment, not a bug: one line, status 2
+        reason = _environment_failure(exc)
+        if reason is None or args.verbose:
+            raise
+        return _fail(args.command, reason)
+
+
+def _fail(command: str, message: str) -> int:
+    line = " ".join(message.split())  # one line, even when a library's message spans several
+    print(f"sumi {command}: error: {line}", file=sys.stderr)
+    return 2
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from sumi._io import check_writable
+
+    for name in OUTPUT_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str | bytes | os.PathLike) and str(value) not in ("", "-"):
+            check_writable(value, f"--{name}" if name != "dst" else "destination")
+
+
+def _environment_failure(exc: BaseException) -> str | None:
+    """A one-line reason for failures the user fixes (missing file, no permission, full disk, out of memory)."""
+    from sumi._io import output_failure
+
+    if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc):
+        return ("out of memory: the request is too large for this machine; lower the sizes (tokens, steps, "
+                "batch) or use a larger device")
+    if isinstance(exc, OSError):
+        reason = output_failure(exc)
+        if reason is not None:
+            return f"{reason}; free space or choose another path"
+        if exc.errno is not None:
+            where = f" {exc.filename}" if exc.filename else ""
+            return f"cannot access{where}: {exc.strerror}"
+    return None
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ SUMI_VOCAB_SIZE = 100278
 _SUPPORTED_ACTS = ("silu",)
 _SUPPORTED_ROPE_TYPES = ("default",)
 _DTYPES = ("float32", "bfloat16", "float16")
+# Upper bounds far beyond any real model (Sumi-7B: 36 layers, d 4096, I 12288, 4864 positions, 100k vocab) that
+# stop an absurd config.json before anything is allocated (1e9 layers, 4e6 positions grew memory without bound).
+SIZE_LIMITS = {"vocab_size": 1 << 24, "hidden_size": 1 << 17, "intermediate_size": 1 << 19,
+               "num_hidden_layers": 1 << 11, "num_attention_heads": 1 << 11, "num_key_value_heads": 1 << 11,
+               "max_position_embeddings": 1 << 20, "head_dim": 1 << 12}
 
 
 @dataclass
@@ -137,6 +142,8 @@ class SumiConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{name} must be a positive integer, got {value!r}")
+            need(value <= SIZE_LIMITS[name], f"{name}={value} exceeds the limit {SIZE_LIMITS[name]}; the config "
+                 "is not a plausible model (check the file)")
         need(self.num_attention_heads % self.num_key_value_heads == 0,
              f"num_key_value_heads={self.num_key_value_heads} must divide "
              f"num_attention_heads={self.num_attention_heads} (grouped-query attention)")
@@ -145,8 +152,12 @@ class SumiConfig:
                  f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.hidden_size} "
                  "(or set head_dim explicitly)")
         else:
-            need(isinstance(self.head_dim, int) and self.head_dim > 0,
-                 f"head_dim must be a positive integer, got {self.head_dim!r}")
+            need(isinstance(self.head_dim, int) and not isinstance(self.head_dim, bool)
+                 and 0 < self.head_dim <= SIZE_LIMITS["head_dim"],
+                 f"head_dim must be a positive integer <= {SIZE_LIMITS['head_dim']}, got {self.head_dim!r}")
+        need(self.max_position_embeddings * self.resolved_head_dim <= 1 << 28,
+             f"max_position_embeddings × head_dim = {self.max_position_embeddings} × {self.resolved_head_dim} exceeds "
+             "2^28 (the RoPE tables alone would take > 2 GiB); the config is not plausible")
         need(self.resolved_head_dim % 2 == 0,
              f"head_dim={self.resolved_head_dim} must be even (RoPE rotates pairs of channels)")
         need(self.hidden_act in _SUPPORTED_ACTS,
@@ -158,13 +169,20 @@ class SumiConfig:
         rope_type = self.rope_parameters.get("rope_type", "default")
         need(rope_type in _SUPPORTED_ROPE_TYPES,
              f"rope_parameters.rope_type={rope_type!r} is not supported; use one of {_SUPPORTED_ROPE_TYPES}")
+        for name in ("rms_norm_eps", "uniform_diffusion_beta_is", "uniform_diffusion_z_loss_strength",
+                     "initializer_range", "attention_dropout"):
+            value = getattr(self, name)
+            need(isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+                 f"{name} must be a finite number, got {value!r}")
         need(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+        for flag in ("tie_word_embeddings", "is_causal", "use_cache"):
+            need(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
         for flag in ("attention_bias", "add_qkv_bias", "mlp_bias"):
             need(getattr(self, flag) is False, f"{flag}=true is not part of the Sumi architecture (no biases)")
         need(self.attention_dropout == 0.0, "attention_dropout must be 0.0 (sumi does not implement dropout)")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
-            need(isinstance(value, int) and 0 <= value < self.vocab_size,
+            need(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size,
                  f"{name}={value!r} must be an id in [0, vocab_size={self.vocab_size})")
         need(self.dtype in _DTYPES, f"dtype={self.dtype!r} must be one of {_DTYPES}")
         need(self.uniform_diffusion_beta_is >= 0, "uniform_diffusion_beta_is must be >= 0")
@@ -231,8 +249,8 @@ class SumiConfig:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (a model directory needs a {CONFIG_NAME})")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(path.read_bytes())
+        except ValueError as exc:  # bad JSON, or bytes that are not UTF-8
             raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
 

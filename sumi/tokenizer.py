@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sumi._io import atomic_write_text
+from sumi._io import atomic_write_text, read_text
 from sumi.errors import CheckpointError, ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -282,15 +282,15 @@ class SumiTokenizer:
         config = {}
         if config_file.is_file():
             try:
-                config = json.loads(config_file.read_text())
-            except json.JSONDecodeError as exc:
+                config = json.loads(config_file.read_bytes())
+            except ValueError as exc:
                 raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
         specials = _infer_specials(backend, config)
         template = config.get("chat_template")
         if isinstance(template, list):  # transformers' form for several named templates
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
         if template is None and path.is_dir() and (path / "chat_template.jinja").is_file():
-            template = (path / "chat_template.jinja").read_text()
+            template = read_text(path / "chat_template.jinja")
         return cls(backend, chat_template=template, **specials)
 
 

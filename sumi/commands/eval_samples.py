@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sumi._io import read_text
 from sumi.errors import InputError
 
 
@@ -36,7 +37,7 @@ def _prompts(args) -> list[str]:
     if args.prompts is not None:
         if not args.prompts.is_file():
             raise InputError(f"--prompts {args.prompts} is not a file")
-        prompts += [line.rstrip("\n") for line in args.prompts.read_text(encoding="utf-8").splitlines()
+        prompts += [line.rstrip("\n") for line in read_text(args.prompts).splitlines()
                     if line.strip()]
     return prompts
 
@@ -45,7 +46,7 @@ def _read_samples(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise InputError(f"--samples {path} is not a file")
     prompts, texts = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+from sumi._io import read_text
 from sumi.errors import InputError
 from sumi.sampling.config import RELEASE, SAMPLERS, SCHEDULES, TAILS, SamplingConfig
 
@@ -123,7 +124,7 @@ def _read_prompts(args) -> list[str] | None:
     for path in args.prompt_file:
         if not path.is_file():
             raise InputError(f"--prompt-file {path} does not exist")
-        prompts.append(path.read_text(encoding="utf-8"))
+        prompts.append(read_text(path))
     return prompts or None
 
 

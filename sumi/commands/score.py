@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from sumi._io import read_text
 from sumi.errors import InputError
 
 
@@ -63,7 +64,7 @@ def _texts(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
             path = Path(name)
             if not path.is_file():
                 raise InputError(f"--file {name}: no such file")
-            content = path.read_text(encoding="utf-8")
+            content = read_text(path)
         texts.extend([line for line in content.splitlines() if line.strip()] if args.lines else [content])
     if not texts:
         raise InputError("nothing to score: pass --text, --file, or --prompt with --continuation")

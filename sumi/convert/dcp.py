@@ -129,9 +129,9 @@ def config_of(path: str | Path) -> SumiConfig | None:
         from sumi.train.config import ModelSection
 
         try:
-            run = yaml.safe_load(run_file.read_text()) or {}
+            run = yaml.safe_load(run_file.read_bytes()) or {}
             return ModelSection(**run.get("model", {})).build()
-        except (yaml.YAMLError, TypeError) as exc:
+        except (yaml.YAMLError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(f"cannot read the model section of {run_file}: {exc}") from exc
     return None
 

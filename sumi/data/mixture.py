@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sumi._io import read_text
 from sumi.data.corpus import BUILTIN_SOURCES, iter_documents
 from sumi.errors import ConfigError, InputError
 
@@ -182,13 +183,13 @@ def _read_text(path: Path, source: SourceSpec) -> Iterator[str]:
 def _read_jsonl(path: Path, source: SourceSpec) -> Iterator[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
     records = 0
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):  # bytes: json.loads reports non-UTF-8 lines as a ValueError
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:
                 raise InputError(f"source {source.name!r}: {path}:{line_no} is not valid JSON ({exc})") from exc
             records += 1
             yield _text_of(record, source, f"{path}:{line_no}")
@@ -307,7 +308,7 @@ class MixtureSpec:
         if not path.is_file():
             raise ConfigError(f"mixture file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.safe_load(read_text(path, ConfigError))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
         spec = cls.from_dict(data, base_dir=path.resolve().parent)

@@ -101,7 +101,7 @@ class Manifest:
         if not path.is_file():
             raise ShardError(f"{directory} has no manifest.json; build shards with `sumi data build`")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes())
             if data.get("format") != FORMAT:
                 raise ShardError(f"{path} is not a sumi shard manifest (format {data.get('format')!r})")
             if data.get("format_version") != FORMAT_VERSION:
@@ -110,7 +110,7 @@ class Manifest:
             splits = {name: SplitInfo(**{**info, "shards": [ShardFile(**s) for s in info["shards"]]})
                       for name, info in data.pop("splits").items()}
             return cls(**data, splits=splits)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise ShardError(f"{path} is corrupt ({exc}); rebuild the shards") from exc
 
     def verify(self, directory: str | Path, split: str | None = None, *, checksums: bool = True) -> None:

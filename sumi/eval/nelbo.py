@@ -54,6 +54,10 @@ ALPHA_EFF_EPS = 1e-4
 
 
 # ============================================================================================ options
+
+MAX_COUNT = 1 << 20
+"""Upper bound on K, D and the batch size: each is a tensor dimension, so 1e11 would try to allocate terabytes."""
+
 @dataclass(frozen=True)
 class NelboConfig:
     """How the NELBO integral is estimated (grid, draws, canvas, batching)."""
@@ -80,6 +84,10 @@ class NelboConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_COUNT:
+                raise ConfigError(f"{name}={value} exceeds {MAX_COUNT}; use a smaller value")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not isinstance(self.canvas_length, int) or self.canvas_length < 2:
             raise ConfigError(f"canvas_length must be an integer >= 2, got {self.canvas_length!r}")
         if not self.log_snr_min < self.log_snr_max:

@@ -21,6 +21,10 @@ SAMPLERS = ("adaptive", "ancestral", "greedy", "psi", "threshold")
 TAILS = ("freeze", "denoise")
 
 
+MAX_STEPS = 1 << 20
+"""Upper bound on num_denoising_steps (the schedule is a tensor of K + 1 points; 1e12 steps would not fit)."""
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -105,9 +109,9 @@ class SamplingConfig:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             self._fail("max_new_tokens", f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         steps = self.num_denoising_steps
-        if steps is not None and (not _is_int(steps) or steps < 1):
+        if steps is not None and (not _is_int(steps) or not 1 <= steps <= MAX_STEPS):
             self._fail("num_denoising_steps", f"num_denoising_steps must be an integer >= 1 (or None for "
-                                              f"max_new_tokens), got {steps!r}")
+                                              f"max_new_tokens) and at most {MAX_STEPS}, got {steps!r}")
         if not _is_number(self.temperature) or self.temperature < 0 or math.isinf(self.temperature):
             self._fail("temperature", f"temperature must be a finite number >= 0 (0 = argmax), got "
                                       f"{self.temperature!r}")
@@ -135,8 +139,8 @@ class SamplingConfig:
         for name in ("anchor_eosbos", "trim_at_eos", "early_stop", "sliding", "greedy_tail", "fit_canvas"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            self._fail("seed", f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+            self._fail("seed", f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
         if self.context_length is not None and (not _is_int(self.context_length) or self.context_length < 1):
             self._fail("context_length", f"context_length must be an integer >= 1, got {self.context_length!r}")
         if isinstance(self.denoise_end, list):  # hashable, like every other field

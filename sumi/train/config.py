@@ -12,6 +12,7 @@ checkpoint, so a run can always be reproduced from its own directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sumi._io import read_text
 from sumi.config import SumiConfig, get_preset, list_presets
 from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
 from sumi.errors import ConfigError
@@ -52,6 +54,7 @@ class ModelSection:
         _need(self.preset.lower().replace("_", "-") in list_presets(),
               f"model.preset={self.preset!r} is unknown; available presets: {', '.join(list_presets())}")
         _need(isinstance(self.overrides, dict), "model.overrides must be a mapping of SumiConfig fields")
+        _need(0 <= self.init_seed <= MAX_INT, f"model.init_seed must lie in [0, 2**63), got {self.init_seed}")
         _need(self.attn_implementation in ("sdpa", "eager"),
               f"model.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'")
         self.build()  # fail now, not after the data is loaded
@@ -216,6 +219,9 @@ class TrainingSection:
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "eval_batches"):
             _need(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "eval_seed"):
+            _need(0 <= getattr(self, name) <= MAX_INT,
+                  f"training.{name} must lie in [0, 2**63), got {getattr(self, name)}")
         _need(self.global_batch_size >= 0, f"training.global_batch_size must be >= 0 (0 = micro × accum × "
               f"world), got {self.global_batch_size}")
         _need(self.time_limit_minutes >= 0, f"training.time_limit_minutes must be >= 0, got "
@@ -303,9 +309,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(tp)))
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
@@ -315,24 +322,38 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        try:
-            number = float(value) if tp is float else value
-            if tp is int:
-                if isinstance(value, str):
-                    number = float(value)
-                if float(number) != int(float(number)):
-                    raise ValueError
-                number = int(float(number))
-            return number
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        return _number(value, tp, key)
     if tp is str:
         if not isinstance(value, str | int | float):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+MAX_INT = 2**63 - 1
+"""Largest integer any field accepts (torch and numpy hold counts and seeds in int64)."""
+
+
+def _number(value: Any, tp: type, key: str) -> int | float:
+    """A finite float, or an integer in [-MAX_INT, MAX_INT] (``1e3`` is accepted as 1000, ``1.5`` is not)."""
+    kind = "an integer" if tp is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if tp is float:
+        return float(number)
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        number = int(number)
+    if abs(number) > MAX_INT:
+        raise ConfigError(f"{key}={value!r} is too large (at most {MAX_INT})")
+    return number
 
 
 def _build(cls, data: dict[str, Any], prefix: str):
@@ -381,7 +402,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, ConfigError)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sumi._io import staged_directory
+from sumi._io import check_writable, staged_directory
 from sumi.checkpoint import output_errors
 from sumi.diffusion import TimeSampler, uniform
 from sumi.diffusion.loss import sumi_loss_reference
@@ -553,6 +553,7 @@ def train(cfg: RunConfig, *, resume: str | Path | bool = False, overwrite: bool 
     A run folder holding an earlier run is refused before anything is built (see :meth:`Trainer.fit`).
     """
     if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(cfg.training.output_dir, "training.output_dir")
         check_run_dir(cfg.training.output_dir, resume=bool(resume), overwrite=overwrite)
     trainer = Trainer(cfg, **kwargs)
     try:
