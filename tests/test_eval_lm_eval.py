@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-TASK_DIR = Path(__file__).parent / "assets" / "lm_eval_task"
+TASK_DIR = Path(__file__).parent.parent / "examples" / "lm_eval_task"  # the offline task docs/evaluation.md runs
 TASKS = ["sumi_tiny_mc", "sumi_tiny_ppl", "sumi_tiny_gen"]
 MODEL_ARGS = "num_timesteps=4,canvas_length=64,show_progress=False"
 
@@ -25,9 +25,10 @@ def cli_run(tiny_model_dir, tmp_path_factory):
     """`sumi eval` in a subprocess, started as soon as the module's first test asks for it."""
     out = tmp_path_factory.mktemp("lm_eval_out")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "sumi.cli", "eval", "--model_args", f"pretrained={tiny_model_dir},{MODEL_ARGS}",
-           "--tasks", "sumi_tiny_mc,sumi_tiny_ppl", "--include_path", str(TASK_DIR), "--output_path", str(out),
-           "--device", "cpu", "--batch_size", "2"]
+    # device=cpu in --model_args (documented) and no --device: once a TypeError (device given twice).
+    cmd = [sys.executable, "-m", "sumi.cli", "eval", "--model_args",
+           f"pretrained={tiny_model_dir},{MODEL_ARGS},device=cpu", "--tasks", "sumi_tiny_mc,sumi_tiny_ppl",
+           "--include_path", str(TASK_DIR), "--output_path", str(out), "--batch_size", "2"]
     proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield proc, out
     if proc.poll() is None:
@@ -89,6 +90,7 @@ def test_sumi_eval_cli_runs_lm_eval(cli_run):
     proc, out = cli_run
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-3000:]
+    assert "CUDA" not in stderr and "cuda" not in stderr  # nobody asked for CUDA: no warning about it
     assert "sumi_tiny_mc" in stdout and "bits_per_byte" in stdout  # lm-eval's own results table
     (result_file,) = list(out.rglob("results_*.json"))
     results = json.loads(result_file.read_text())["results"]
@@ -100,9 +102,16 @@ def test_lm_eval_argv_and_bad_model_args(tmp_path, tiny_model_dir):
     from sumi.errors import CheckpointError, ConfigError
     from sumi.eval.lm_eval_backend import SumiLM
 
-    assert lm_eval_argv(["--tasks", "x"]) == ["run", "--model", "sumi", "--tasks", "x"]
-    assert lm_eval_argv(["run", "--model", "hf"]) == ["run", "--model", "hf"]
+    assert lm_eval_argv(["--tasks", "x"], False) == ["run", "--model", "sumi", "--tasks", "x", "--device", "cpu"]
+    assert lm_eval_argv(["--tasks", "x"], True)[-2:] == ["--device", "cuda"]
+    assert lm_eval_argv(["run", "--model", "hf", "--device=mps"]) == ["run", "--model", "hf", "--device=mps"]
+    assert lm_eval_argv(["--model_args", "pretrained=d,device=cpu"], True) == [
+        "run", "--model", "sumi", "--model_args", "pretrained=d,device=cpu"]
     assert lm_eval_argv(["ls", "tasks"]) == ["ls", "tasks"]
+    # model_args win over lm-eval's own settings (which always carry device, default cuda:0).
+    lm = SumiLM.create_from_arg_string(f"pretrained={tiny_model_dir},device=cpu,show_progress=False",
+                                       {"device": "cuda:0", "batch_size": 3, "max_batch_size": None})
+    assert lm.device.type == "cpu" and lm.batch_size == 3
     with pytest.raises(CheckpointError, match="not a sumi model directory"):
         SumiLM(pretrained=str(tmp_path))
     with pytest.raises(ConfigError, match="unknown sumi model_args"):

@@ -240,8 +240,20 @@ def test_score_cli(tiny_model_dir, tmp_path, capsys):
 
     assert main(["score", "--model", str(tiny_model_dir), "--text", TEXT, "-K", "4", "--canvas-length", "64",
                  "--json", "--no-progress"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["text"] == TEXT
     assert row["num_tokens"] > 1 and row["nelbo"] > 0 and row["stderr"] > 0
+    # --file --lines --json: JSON Lines, one object per line of the file, each naming the text it scored.
+    lines = ["In the beginning God created the heaven and the earth.", "", "And the earth was without form."]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n")
+    assert main(["score", "--model", str(tiny_model_dir), "--file", str(tmp_path / "texts.txt"), "--lines", "-K",
+                 "4", "--canvas-length", "64", "--json", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == [lines[0], lines[2]] and all(r["nelbo"] > 0 for r in rows)
+    assert main(["score", "--model", str(tiny_model_dir), "--prompt", "Let there be", "--continuation", " light",
+                 "-K", "4", "--canvas-length", "64", "--json", "--no-progress"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["prompt"], row["continuation"]) == ("Let there be", " light")
     assert main(["score", "--model", str(tiny_model_dir), "--prompt", "Let there be", "--continuation", " light",
                  "-K", "4", "--canvas-length", "64", "--no-progress"]) == 0
     assert "nats/token" in capsys.readouterr().out

@@ -23,17 +23,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-eval-help", action="store_true", help="print lm-eval's own help and exit")
 
 
-def lm_eval_argv(extra: list[str]) -> list[str]:
+def _has_flag(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def lm_eval_argv(extra: list[str], cuda_available: bool | None = None) -> list[str]:
     """lm-eval's argv for ``sumi eval EXTRA``: ``run`` (unless another lm-eval command is named) with a
-    default ``--model sumi``."""
+    default ``--model sumi`` and, when neither ``--device`` nor ``model_args`` ``device=`` is given, the device
+    this machine has (lm-eval's own default is ``cuda:0`` even without a GPU)."""
     argv = list(extra)
     if argv and argv[0] in SUBCOMMANDS:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = "run", argv
-    if command == "run" and not any(a == "--model" or a.startswith("--model=") for a in rest):
+    if command == "run" and not _has_flag(rest, "--model"):
         rest = ["--model", "sumi", *rest]
+    if command == "run" and not _has_flag(rest, "--device") and not _model_args_device(rest):
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        rest = [*rest, "--device", "cuda" if cuda_available else "cpu"]
     return [command, *rest]
+
+
+def _model_args_device(argv: list[str]) -> bool:
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--model_args=") else (
+            argv[i + 1] if arg == "--model_args" and i + 1 < len(argv) else None)
+        if value is not None and any(part.strip().startswith("device=") for part in value.split(",")):
+            return True
+    return False
 
 
 def run(args: argparse.Namespace) -> int:

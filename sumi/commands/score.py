@@ -2,8 +2,9 @@
 nats/token.
 
 Prints one line per text (NELBO ± Monte-Carlo standard error, bits per byte, perplexity bound) or, with
-``--json``, a JSON list of results. ``--shards`` scores packed canvases of a shard directory (default: its
-held-out split) exactly as stored — ids, no BOS/EOS added — and prints their token-weighted NELBO.
+``--json``, JSON Lines: one object per scored text, carrying the text (or prompt and continuation) it scored.
+``--shards`` scores packed canvases of a shard directory (default: its held-out split) exactly as stored —
+ids, no BOS/EOS added — and prints their token-weighted NELBO.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enc.add_argument("--truncation", choices=("error", "left", "right"), default="error",
                      help="over-long inputs: refuse, drop the oldest prompt tokens, or drop the end")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of results")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON Lines: one object per scored text, with the text itself")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -113,7 +115,7 @@ def _score_shards(args: argparse.Namespace) -> int:
               "bits_per_byte": total / (num_bytes * math.log(2)) if num_bytes else None,
               "num_timesteps": config.num_timesteps, "num_draws": config.num_draws}
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result))
     else:
         print(f"{result['nelbo']:.4f} ± {stderr:.4f} nats/token over {len(canvases)} {args.split} canvases "
               f"({tokens} tokens, {length} per canvas, K={config.num_timesteps}); ppl ≤ "
@@ -135,8 +137,11 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps([{k: v for k, v in r.to_dict().items() if k != "per_timestep"} for r in results],
-                         indent=2))
+        for i, r in enumerate(results):
+            scored = {"text": texts[i]} if continuations is None else {"prompt": texts[i],
+                                                                        "continuation": continuations[i]}
+            fields = {k: v for k, v in r.to_dict().items() if k != "per_timestep"}
+            print(json.dumps({**scored, **fields}, ensure_ascii=False))
         return 0
     shown = continuations if continuations is not None else texts
     for text, r in zip(shown, results):

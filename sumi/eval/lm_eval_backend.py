@@ -116,6 +116,23 @@ class SumiLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.show_progress = bool(show_progress)
 
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> SumiLM:
+        """lm-eval's constructor from ``--model_args``: those win over its own settings (``--device``,
+        ``--batch_size``), instead of a ``TypeError`` for a keyword given twice (``model_args=…,device=cpu``)."""
+        from lm_eval import utils
+
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> SumiLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        for key in sorted(set(extra) & set(arg_dict)):
+            if extra[key] != arg_dict[key]:
+                logger.debug("model_args %s=%s overrides lm-eval's %s=%s", key, arg_dict[key], key, extra[key])
+        return cls(**{**extra, **arg_dict})
+
     # ------------------------------------------------------------------------------------------ helpers
     @property
     def tokenizer_name(self) -> str:

@@ -1,4 +1,4 @@
-"""Offline datasets for the local lm-eval test tasks: the jsonl files next to this module."""
+"""Offline datasets for the example lm-eval tasks (docs/evaluation.md): the jsonl files next to this module."""
 
 import json
 from pathlib import Path
