@@ -35,20 +35,42 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` states each option's default (unless the help text already does, or there is none to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default == [] or
+                default is argparse.SUPPRESS or action.nargs == 0 and default is True or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def _load(name: str):
     module_name, _ = SUBCOMMANDS[name]
     return importlib.import_module(module_name)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sumi", description="Uniform diffusion language models.")
+    parser = argparse.ArgumentParser(prog="sumi", description="Uniform diffusion language models.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == only:
             _load(name).add_arguments(sp)
+            _state_defaults(sp)
     return parser
+
+
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    """Options declared without help text still show their default in ``--help`` (argparse hides them)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.nargs != 0 and action.default not in (
+                None, False, [], argparse.SUPPRESS):
+            action.help = "default: %(default)s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         args.extra_args = rest
     try:
         _check_outputs(args)
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
+        return status
     except SumiError as exc:
         if args.verbose:
             raise
@@ -82,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sumi {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # an OSError, but not a failure: the reader left (sumi info … | head)
+        return _quiet_broken_pipe()
     except (OSError, MemoryError, RuntimeError) as exc:  # the environment, not a bug: one line, status 2
         reason = _environment_failure(exc)
         if reason is None or args.verbose:
@@ -119,6 +145,19 @@ def _environment_failure(exc: BaseException) -> str | None:
             where = f" {exc.filename}" if exc.filename else ""
             return f"cannot access{where}: {exc.strerror}"
     return None
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (``sumi info … | head``): exit quietly, as Unix tools do.
+
+    Python would report the failed flush of stdout at exit; pointing stdout at /dev/null first prevents that.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return 141  # 128 + SIGPIPE, the status a shell reports for a killed writer
 
 
 if __name__ == "__main__":

@@ -267,7 +267,20 @@ class SumiForMaskGeneration(nn.Module):
     def attn_implementation(self) -> str:
         return self.model.layers[0].self_attn.attn_implementation if len(self.model.layers) else "sdpa"
 
-    def num_parameters(self) -> dict[str, int]:
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (transformers' signature; shared tensors counted once).
+
+        ``exclude_embeddings`` leaves out the two V×d matrices (input embedding and output head), as
+        :meth:`parameter_counts`'s ``non_embedding``; ``only_trainable`` counts tensors with ``requires_grad``.
+        """
+        if not only_trainable:
+            counts = self.parameter_counts()
+            return counts["non_embedding"] if exclude_embeddings else counts["total"]
+        skip = {id(self.model.embed_tokens.weight), id(self.lm_head.weight)} if exclude_embeddings else set()
+        unique = {id(p): p for p in self.parameters() if p.requires_grad and id(p) not in skip}
+        return sum(p.numel() for p in unique.values())
+
+    def parameter_counts(self) -> dict[str, int]:
         """Counts from the actual tensors (works on the meta device): total, embedding, non_embedding."""
         seen, total = set(), 0
         for p in self.parameters():

@@ -119,8 +119,9 @@ def test_rmsnorm_uses_fp32_statistic_and_plain_weight():
 def test_sumi_7b_parameter_count_on_meta_device():
     with torch.device("meta"):
         model = SumiForMaskGeneration(get_preset("sumi-7b"))
-    counts = model.num_parameters()
-    assert counts["total"] == 7_767_543_808
+    counts = model.parameter_counts()
+    assert counts["total"] == 7_767_543_808 == model.num_parameters()
+    assert model.num_parameters(exclude_embeddings=True) == counts["non_embedding"]
     assert counts == get_preset("sumi-7b").num_parameters()
     assert model.lm_head.weight.numel() == model.model.embed_tokens.weight.numel() == 410_738_688
 

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         "",
         "=== sumi demo ===",
-        f"model        {result.model_dir}  ({model.num_parameters()['non_embedding'] / 1e6:.2f}M non-embedding "
+        f"model        {result.model_dir}  ({model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M non-embedding "
         f"parameters, vocab {model.config.vocab_size})",
         f"trained      {result.steps} steps, {result.tokens / 1e6:.2f}M tokens",
         f"held-out     NELBO {result.heldout_nelbo:.3f} nats/token (trainer, {cfg.training.eval_batches} batches; "
