@@ -94,7 +94,8 @@ def main() -> None:
     config = get_preset("sumi-25m").replace(max_position_embeddings=CANVAS)
     model = SumiForMaskGeneration.from_config(config, seed=0).eval()
     n, repeats = args.timed_steps, args.repeats
-    result = {"config": {"non_embedding_params": model.num_parameters(exclude_embeddings=True), "vocab": config.vocab_size,
+    result = {"config": {"non_embedding_params": model.num_parameters(exclude_embeddings=True),
+                         "vocab": config.vocab_size,
                          "canvas": CANVAS, "steps": STEPS, "new_tokens": NEW_TOKENS, "timed_steps": n,
                          "repeats": repeats, "threads": args.threads, "dtype": "float32", "torch": torch.__version__},
               "forward_ms": {}, "fast": {}, "reference": {}, "speedup": {}, "step_vs_forward": {},

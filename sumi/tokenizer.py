@@ -130,6 +130,8 @@ class SumiTokenizer:
 
             chat_template = CHATML_TEMPLATE
         self.chat_template: str | None = chat_template
+        self.model_max_length: int = MODEL_MAX_LENGTH
+        """Longest input (tokens) of the model this tokenizer serves; ``tokenizer_config.json``'s value."""
         """Jinja chat template (``tokenizer_config.json``'s ``chat_template``); ChatML when the vocabulary has
         ``<|im_start|>``/``<|im_end|>`` and no template was saved; None if neither."""
 
@@ -226,11 +228,13 @@ class SumiTokenizer:
     def to_json(self) -> str:
         return self._tokenizer.to_str()
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, *, model_max_length: int | None = None) -> Path:
         """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``.
 
         ``transformers.AutoTokenizer.from_pretrained(directory)`` loads them as a ``PreTrainedTokenizerFast``
         with the same ids; its default ``add_special_tokens=True`` prepends BOS, as Sumi's release does.
+        ``model_max_length`` (tokens): the model's ``max_position_embeddings`` when saved next to a model;
+        default the value this tokenizer was loaded with, else the release's 4864.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -246,7 +250,7 @@ class SumiTokenizer:
             "eos_token": self.eos_token,
             "pad_token": self.pad_token,
             "unk_token": None,
-            "model_max_length": MODEL_MAX_LENGTH,
+            "model_max_length": int(model_max_length or self.model_max_length),
             "clean_up_tokenization_spaces": False,
             "add_prefix_space": False,
             "added_tokens_decoder": added,
@@ -291,7 +295,11 @@ class SumiTokenizer:
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
         if template is None and path.is_dir() and (path / "chat_template.jinja").is_file():
             template = read_text(path / "chat_template.jinja")
-        return cls(backend, chat_template=template, **specials)
+        tokenizer = cls(backend, chat_template=template, **specials)
+        max_length = config.get("model_max_length")
+        if isinstance(max_length, int) and 0 < max_length < 10**9:  # transformers writes 1e30 for "no limit"
+            tokenizer.model_max_length = max_length
+        return tokenizer
 
 
 def _token_content(value) -> str | None:

@@ -116,7 +116,7 @@ def test_recipes_resolve():
         cfg = resolve_run_config(root / f"{name}.yaml")
         assert cfg.optimizer.betas == (0.9, 0.95)
     stage1, stage3 = (resolve_run_config(root / f"sumi-7b-stage{i}.yaml") for i in (1, 3))
-    assert stage1.model.build().num_parameters() == 7_767_543_808
+    assert stage1.model.build().num_parameters()["total"] == 7_767_543_808
     # 1.3T tokens at 4608 x 1184 per step; stage 3 runs at 4864.
     tokens = stage1.training.steps * 4608 * 1184
     assert abs(tokens - 1.3e12) / 1.3e12 < 0.01
@@ -234,6 +234,22 @@ def test_nan_loss_stops_with_the_step_and_keeps_checkpoint(tmp_path, canvases):
     assert all(torch.isfinite(p).all() for p in fresh.model.parameters())
 
 
+def test_saved_config_takes_seq_len_and_special_ids_from_the_shards(tmp_path, tiny_tokenizer):
+    from conftest import sample_texts
+
+    from sumi.data import MixtureSpec, build_shards
+    from sumi.train.trainer import with_shard_vocab
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts()[:40]))
+    spec = MixtureSpec.from_dict({"sources": [{"name": "kjv", "type": "jsonl", "path": str(docs)}]})
+    build_shards(spec, tiny_tokenizer, tmp_path / "shards", seq_len=32, heldout_fraction=0.1, show_progress=False,
+                 num_workers=1)
+    cfg = with_shard_vocab(resolve_run_config(None, [f"data.shard_dir={tmp_path / 'shards'}"]))
+    assert cfg.data.seq_len == 32  # was the default 1184 in config.yaml while the canvases held 32
+    assert cfg.model.overrides["vocab_size"] == tiny_tokenizer.vocab_size
+
+
 # ---------------------------------------------------------------------------------------------- export
 def test_export_loads_with_same_logits(tmp_path, canvases, tiny_tokenizer):
     from sumi.checkpoint import load_model
@@ -243,6 +259,8 @@ def test_export_loads_with_same_logits(tmp_path, canvases, tiny_tokenizer):
     result = trainer.fit()
     loaded = load_model(result.model_dir).eval()
     assert (result.model_dir / "tokenizer.json").is_file()
+    tokenizer_config = json.loads((result.model_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == loaded.config.max_position_embeddings
     x = canvases["heldout"][:2]
     trainer.model.eval()
     with torch.no_grad():
@@ -302,3 +320,29 @@ def test_parallel_layout_resolution_and_errors():
     for bad in ("training.tensor_parallel=0", "training.activation_checkpointing_mode=some"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             resolve_run_config(None, [bad])
+
+
+def test_optional_loggers_warn_when_their_package_is_missing(tmp_path, canvases, caplog, monkeypatch):
+    import builtins
+    import logging
+
+    from sumi.train.metrics import MetricsLogger
+
+    with pytest.raises(ConfigError, match="training.loggers has unknown"):
+        tiny_run(tmp_path, "training.loggers=tensorbord")
+    real_import = builtins.__import__
+
+    def without(name, *args, **kwargs):  # the packages are absent on some machines: make it so on all
+        if name in ("wandb", "torch.utils.tensorboard"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without)
+    with caplog.at_level(logging.WARNING, logger="sumi.train.metrics"):
+        log = MetricsLogger(tmp_path / "m" / "metrics.jsonl", loggers=["tensorboard", "wandb"])
+        log.log({"step": 1, "loss": 1.0})
+        log.close()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "pip install tensorboard" in warned and "pip install wandb" in warned
+    assert (tmp_path / "m" / "metrics.jsonl").read_text().count("\n") == 1  # the JSONL log is still written
+    assert tiny_run(tmp_path, "training.loggers=tensorboard, wandb").training.logger_names == ["tensorboard", "wandb"]

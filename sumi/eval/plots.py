@@ -20,6 +20,15 @@ def _figure(width: float = 7.0, height: float = 4.0):
     return fig
 
 
+def _legend(ax, *more_axes, **kwargs) -> None:
+    """One legend for the series of ``ax`` and of its twin axes (a twin's lines are otherwise left out)."""
+    handles, labels = ax.get_legend_handles_labels()
+    for other in more_axes:
+        h, lab = other.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    ax.legend(handles, labels, **kwargs)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -42,6 +51,7 @@ def sweep_plot(records: list[dict], key: str, label: str, path: Path) -> Path:
     twin = ax.twinx()
     twin.plot(xs, [r["wall_s"] for r in records], marker="s", color="tab:red", label="wall time")
     twin.set_ylabel("wall time (s)", color="tab:red")
+    _legend(ax, twin, fontsize=8)
     ax.set_title(f"sweep over {label}")
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -74,9 +84,10 @@ def flips_plot(flips: np.ndarray, start: int, path: Path) -> Path:
     """How many times each position's token changed over the run."""
     fig = _figure(8.0, 3.5)
     ax = fig.add_subplot(1, 1, 1)
-    ax.bar(np.arange(start, start + len(flips)), flips, width=1.0, color="tab:purple")
+    ax.bar(np.arange(start, start + len(flips)), flips, width=1.0, color="tab:purple", label="changes of the token")
     ax.set_xlabel("canvas position")
-    ax.set_ylabel("token changes")
+    ax.set_ylabel("token changes (count)")
+    ax.legend(fontsize=8)
     ax.set_title(f"token flips per position (total {int(flips.sum())})")
     return _save(fig, path)
 
@@ -94,7 +105,8 @@ def entropy_plot(entropy: list[float], confidence: list[float], changed: list[in
     twin.bar(steps, np.asarray(changed, dtype=float) / max(max(changed, default=1), 1), alpha=0.2,
              color="tab:gray", label="changed tokens (scaled)")
     twin.set_ylim(0, 1.05)
-    twin.set_ylabel("probability / scaled count")
+    twin.set_ylabel("probability / changed tokens (fraction of the step maximum)")
+    _legend(ax, twin, fontsize=8)
     ax.set_title("denoising dynamics over steps")
     return _save(fig, path)
 
@@ -107,8 +119,8 @@ def frequency_plot(predicted_counts: list[int], output_counts: list[int], path: 
         c = np.sort(np.asarray([x for x in counts if x > 0], dtype=float))[::-1]
         if c.size:
             ax.loglog(np.arange(1, c.size + 1), c / c.sum(), marker=".", label=label)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("frequency")
+    ax.set_xlabel("rank (1 = most frequent token)")
+    ax.set_ylabel("relative frequency (fraction of tokens)")
     ax.set_title("frequency profile of predicted tokens")
     ax.legend()
     ax.grid(alpha=0.3, which="both")

@@ -215,8 +215,18 @@ class TrainingSection:
     the planned end. The schedule is not shortened, so a stopped WSD run skips (part of) its cooldown."""
     progress: bool = True
     """Show a progress bar with tokens/s and ETA (rank 0)."""
+    loggers: str = ""
+    """Metrics sinks besides ``metrics.jsonl``, comma-separated: ``tensorboard`` (``<output_dir>/tensorboard``),
+    ``wandb`` (project ``wandb_project``; ``WANDB_MODE=offline`` works). A missing package is a warning."""
+    wandb_project: str = "sumi"
+    """W&B project name for ``loggers=wandb``."""
 
     def __post_init__(self) -> None:
+        from sumi.train.metrics import LOGGERS
+
+        unknown = sorted(set(self.logger_names) - set(LOGGERS))
+        _need(not unknown, f"training.loggers has unknown {unknown}; use a comma-separated subset of "
+              f"{', '.join(LOGGERS)} (metrics.jsonl is always written)")
         for name in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "eval_batches"):
             _need(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("seed", "eval_seed"):
@@ -238,6 +248,10 @@ class TrainingSection:
               f"training.activation_checkpointing_mode={self.activation_checkpointing_mode!r}; use full or "
               "selective")
 
+
+    @property
+    def logger_names(self) -> list[str]:
+        return [name.strip().lower() for name in self.loggers.split(",") if name.strip()]
 
 @dataclass
 class CheckpointSection:

@@ -1,4 +1,4 @@
-"""Training metrics: a JSONL log (one record per line), TensorBoard when installed, a loss-curve PNG.
+"""Training metrics: a JSONL log (one record per line), optional TensorBoard / W&B mirrors, a loss-curve PNG.
 
 Records carry ``step`` (1-based count of optimizer steps done) plus scalars: ``loss``, ``elbo`` (nats/token,
 the NELBO integrand for the UDLM or the exact NLL for the AR baseline), ``kl``, ``is``, ``z_loss``, ``lr``,
@@ -17,17 +17,30 @@ from sumi._io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+LOGGERS = ("tensorboard", "wandb")
+"""Optional metrics sinks (``training.loggers``); each needs its package (``pip install tensorboard`` / ``wandb``)."""
+
 TIMING_KEYS = ("tokens_per_s", "elapsed_s")
 """Fields that depend on wall time (excluded when comparing two runs)."""
 
 
 class MetricsLogger:
-    """Append-only JSONL at ``path`` (rank 0 only), mirrored to TensorBoard if ``tensorboard`` is importable."""
+    """Append-only JSONL at ``path`` (rank 0 only), mirrored to the requested ``loggers``.
 
-    def __init__(self, path: str | Path, *, enabled: bool = True, resume_step: int | None = None) -> None:
+    Args:
+        loggers: names from :data:`LOGGERS`; a sink whose package is missing is skipped with a warning that
+            says what to install (the JSONL log is always written).
+        run_config: a dict stored with the W&B run.
+        wandb_project: W&B project name.
+    """
+
+    def __init__(self, path: str | Path, *, enabled: bool = True, resume_step: int | None = None,
+                 loggers: list[str] | tuple[str, ...] = (), run_config: dict | None = None,
+                 wandb_project: str = "sumi") -> None:
         self.path = Path(path)
         self.enabled = enabled
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,12 +50,23 @@ class MetricsLogger:
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
             atomic_write_text(self.path, "")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
-        except Exception:  # tensorboard is optional
-            self._tb = None
+        if "tensorboard" in loggers:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.warning("training.loggers asks for tensorboard but the package is not installed "
+                               "(pip install tensorboard); logging to %s only", self.path)
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+        if "wandb" in loggers:
+            try:
+                import wandb
+            except ImportError:
+                logger.warning("training.loggers asks for wandb but the package is not installed "
+                               "(pip install wandb); logging to %s only", self.path)
+            else:
+                self._wandb = wandb.init(project=wandb_project, dir=str(self.path.parent), config=run_config,
+                                         resume="allow" if resume_step is not None else None)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -50,15 +74,20 @@ class MetricsLogger:
         clean = {k: (float(v) if isinstance(v, float) else v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        step = int(record.get("step", 0))
         if self._tb is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -97,28 +126,26 @@ def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | No
     evals = [r for r in records if "heldout_nelbo" in r]
     if not train:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sumi.eval.plots import _figure, _save
 
     tokens = [r["tokens"] for r in train]
-    fig, (ax_loss, ax_elbo) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
-    ax_loss.plot(tokens, [r["loss"] for r in train], lw=0.8, alpha=0.4, color="C0")
+    fig = _figure(10.0, 3.8)
+    ax_loss, ax_elbo = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax_loss.plot(tokens, [r["loss"] for r in train], lw=0.8, alpha=0.4, color="C0", label="train loss (per step)")
     ax_loss.plot(tokens, _ema([r["loss"] for r in train]), lw=1.5, color="C0", label="train loss (EMA)")
     ax_loss.set_title("training loss")
+    ax_loss.set_ylabel("loss (nats/token, incl. z-loss)")
     ax_elbo.plot(tokens, _ema([r["elbo"] for r in train]), lw=1.2, color="C1",
                  label="train batches (EMA; incl. per-token t)")
     if evals:
         ax_elbo.plot([r["tokens"] for r in evals], [r["heldout_nelbo"] for r in evals], "o-", ms=4, color="C3",
                      label="held-out")
-    ax_elbo.set_title("NELBO / NLL (nats per token)")
+    ax_elbo.set_title("NELBO / NLL")
+    ax_elbo.set_ylabel("NELBO / NLL (nats/token)")
     for ax in (ax_loss, ax_elbo):
-        ax.set_xlabel("tokens seen")
+        ax.set_xlabel("tokens seen (tokens)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     out_path = Path(out_path)
-    fig.savefig(out_path)
-    plt.close(fig)
+    _save(fig, out_path)
     return out_path

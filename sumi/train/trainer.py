@@ -107,13 +107,17 @@ def with_shard_vocab(cfg: RunConfig) -> RunConfig:
     They are written into ``model.overrides``, so the config saved with each checkpoint rebuilds the model alone.
     """
     overrides = dict(cfg.model.overrides)
+    data = cfg.data
     if cfg.data.shard_dir and Path(cfg.data.shard_dir, "manifest.json").is_file():
         from sumi.data import Manifest
 
-        tok = Manifest.load(cfg.data.shard_dir).tokenizer
+        manifest = Manifest.load(cfg.data.shard_dir)
         for key in SPECIAL_FIELDS:
-            overrides.setdefault(key, int(tok[key]))
-    return replace(cfg, model=replace(cfg.model, overrides=overrides))
+            overrides.setdefault(key, int(manifest.tokenizer[key]))
+        if manifest.seq_len != data.seq_len:  # the loader reads the shards' canvases; the saved config says so
+            logger.info("data.seq_len=%d taken from the shards (config said %d)", manifest.seq_len, data.seq_len)
+            data = replace(data, seq_len=manifest.seq_len)
+    return replace(cfg, model=replace(cfg.model, overrides=overrides), data=data)
 
 
 class Trainer:
@@ -421,8 +425,8 @@ class Trainer:
             # leaves the previous export whole.
             with output_errors(directory), staged_directory(directory) as staging:
                 plain.save_pretrained(staging)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(staging)
+                if tokenizer is not None:  # model_max_length = the positions this model has
+                    tokenizer.save_pretrained(staging, model_max_length=self.model_config.max_position_embeddings)
             if tokenizer is None:
                 logger.warning("no tokenizer known; %s has weights and config only", directory)
         if dist.is_initialized():
@@ -480,8 +484,9 @@ class Trainer:
         main = self.env.is_main
         if main:
             self.cfg.save(self.out_dir / "config.yaml")
-        log = MetricsLogger(self.out_dir / "metrics.jsonl", enabled=main,
-                            resume_step=self.step if resumed else None)
+        log = MetricsLogger(self.out_dir / "metrics.jsonl", enabled=main, resume_step=self.step if resumed else None,
+                            loggers=tc.logger_names, wandb_project=tc.wandb_project,
+                            run_config=self.cfg.to_dict() if "wandb" in tc.logger_names else None)
         history: list[dict[str, Any]] = []
         bar = None
         if main and tc.progress:
