@@ -212,6 +212,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
     rotary.cos = torch.empty(rotary.max_positions, rotary.head_dim, device=device)
     rotary.sin = torch.empty(rotary.max_positions, rotary.head_dim, device=device)
     rotary.init_tables()
+    model.generation_config = read_generation_config(directory)
     model.eval()
     return model
 
@@ -248,6 +249,20 @@ def check_config_against_weights(config: SumiConfig, directory: Path) -> None:
         if stored != shape:
             raise CheckpointError(f"tensor {name} in {files[name].name} has shape {stored}, but config.json implies "
                                   f"{shape}; the config does not belong to these weights")
+
+
+def read_generation_config(directory: str | Path):
+    """The directory's ``generation_config.json`` as a ``transformers.GenerationConfig`` (None without one);
+    ``model.generate`` lets its explicit fields override the release's defaults."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return None
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid generation config: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -379,13 +379,18 @@ class SumiForMaskGeneration(nn.Module):
 
         return save_model(self, directory, max_shard_size=max_shard_size, dtype=dtype)
 
-    def generate(self, input_ids: torch.Tensor | None = None, **kwargs):
-        """Sample with a diffusion sampler; see :func:`sumi.sampling.generate` for the arguments.
+    generation_config = None
+    """A ``transformers.GenerationConfig`` whose explicit fields override the release's generate defaults (set
+    from ``generation_config.json`` by :func:`sumi.load_model`)."""
 
-        Starts from the released sampler's defaults (:data:`sumi.sampling.config.RELEASE`), so code written for the
-        release behaves the same; ``sumi.generate`` and ``sumi generate`` use sumi's own measured defaults."""
-        from sumi.sampling import generate
-        from sumi.sampling.config import RELEASE
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 generation_config=None, **kwargs):
+        """The released model's ``generate`` (``sequences`` with the prompt, ``canvas``) with transformers'
+        conventions; see :mod:`sumi.generation`. :func:`sumi.generate` is sumi's richer sampling API."""
+        from sumi.generation import release_generate
 
-        kwargs.setdefault("config", RELEASE)
-        return generate(self, input_ids, **kwargs)
+        return release_generate(self, input_ids, attention_mask, generation_config, **kwargs)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True

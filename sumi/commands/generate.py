@@ -73,8 +73,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampler flags shared by ``sumi generate`` and ``sumi eval-samples``."""
     smp = parser.add_argument_group("sampler (defaults: sumi's measured defaults, see docs/sampling.md)")
     smp.add_argument("--release-defaults", action="store_true",
-                     help="start from the released sampler's defaults (2048 canvas with its tail denoised, adaptive, "
-                          "T=1, one step per new token) instead of sumi's")
+                     help="start from the released sampler's defaults (2048 canvas with its tail denoised, "
+                          "ancestral, T=1, 128 steps) instead of sumi's")
     smp.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     smp.add_argument("--steps", "--num-denoising-steps", dest="num_denoising_steps", type=int, default=None,
                      help=f"denoising steps (default: {DEFAULTS.num_denoising_steps or 'max-new-tokens'})")

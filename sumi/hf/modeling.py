@@ -170,9 +170,16 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         with torch.device("meta"):  # shapes only: the loaded modules replace these
             model = cls(config)
         model.model, model.lm_head = plain.model, plain.lm_head
+        if plain.generation_config is not None:
+            model.generation_config = plain.generation_config
         model.set_attn_implementation(attn)
         model.eval()
         return model
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True: ``generate`` is the release's diffusion sampler (so transformers loads generation_config.json)."""
+        return True
 
     # ------------------------------------------------------------------ transformers hooks
     @torch.no_grad()

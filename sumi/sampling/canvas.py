@@ -152,10 +152,15 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
                 frozen=None, denoise_end=None, initial_canvas: torch.Tensor | None = None,
                 min_log_snr: float = LOG_SNR_MIN, device: torch.device | str = "cpu",
                 generator: torch.Generator | None = None, batch_size: int | None = None,
-                tail: str = "denoise", fit_canvas: bool = False) -> CanvasPlan:
+                tail: str = "denoise", fit_canvas: bool = False,
+                shorten_to_fit: bool = False) -> CanvasPlan:
     """Validate the layout and build the starting canvas (uniform random ids unless ``initial_canvas``).
 
-    The random canvas is the prior draw at λ_min (pure uniform noise: every id equally likely).
+    The random canvas is the prior draw at λ_min (pure uniform noise: every id equally likely), drawn as the
+    release does: only after the prompt, ``randint(V, [B, C − P])`` from ``generator`` (rows of different prompt
+    lengths take consecutive chunks of one draw), so the same seed gives the release's starting canvas.
+    ``shorten_to_fit``: a row whose prompt plus ``max_new_tokens`` exceeds the canvas gets the budget that fits
+    (the release's rule) instead of an error.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
@@ -201,11 +206,11 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
         if p >= length:
             raise InputError(f"prompt {b} has {p} tokens but the canvas holds {length} (max positions "
                              f"{max_positions}); shorten the prompt or raise canvas_length")
-        if p + max_new_tokens > length:
+        if p + max_new_tokens > length and not shorten_to_fit:
             raise InputError(f"prompt {b} ({p} tokens) + max_new_tokens={max_new_tokens} does not fit the canvas "
                              f"of {length}; lower max_new_tokens, raise canvas_length, or pass sliding=True "
                              "(sumi.sampling.generate_long) to slide the canvas")
-        budget = row_budget(max_new_tokens, p, length, anchor_eosbos)
+        budget = row_budget(min(max_new_tokens, length - p), p, length, anchor_eosbos)
         prompt_lengths.append(p)
         budgets.append(budget)
 
@@ -213,8 +218,14 @@ def plan_canvas(prompts: list[list[int]] | None, *, vocab_size: int, max_positio
         _check_ids(initial_canvas.flatten().tolist(), vocab_size, "initial_canvas")
         canvas = initial_canvas.to(device=device, dtype=torch.long).clone()
     else:
-        log_snr = torch.full((batch, length), float(min_log_snr), device=device)
-        canvas = uniform(vocab_size).sample(log_snr, generator=generator)
+        # One draw of Σ_b (C − P_b) ids, row b taking the next C − P_b: for equal prompt lengths this is exactly
+        # randint(V, [B, C − P]), and a row's noise does not depend on the other rows' prompt lengths.
+        sizes = [length - p for p in prompt_lengths]
+        log_snr = torch.full((sum(sizes),), float(min_log_snr), device=device)
+        noise = uniform(vocab_size).sample(log_snr, generator=generator).split(sizes)
+        canvas = torch.zeros(batch, length, dtype=torch.long, device=device)
+        for b, (p, row) in enumerate(zip(prompt_lengths, noise)):
+            canvas[b, p:] = row
     frozen_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
     pinned: list[dict[int, int]] = []
     for prompt, budget in zip(prompts, budgets):

@@ -96,6 +96,9 @@ class SamplingConfig:
     """Seed of the canvas draw and of the sampler (None: drawn from torch's global RNG)."""
     early_stop: bool = True
     """Stop a deterministic sampler (greedy, adaptive at T = 0) once a step changes no token."""
+    shorten_to_fit: bool = False
+    """A ``max_new_tokens`` beyond the canvas is shortened to what fits (the release's ``generate``) instead of
+    refused."""
     sliding: bool = False
     """Allow ``max_new_tokens`` beyond one canvas by sliding it (:func:`sumi.sampling.generate_long`)."""
     context_length: int | None = None
@@ -136,7 +139,8 @@ class SamplingConfig:
             self._fail("threshold", f"threshold must lie in (0, 1] (a probability), got {self.threshold!r}")
         if self.tail not in TAILS:
             self._fail("tail", f"unknown tail {self.tail!r}; use one of {', '.join(TAILS)}")
-        for name in ("anchor_eosbos", "trim_at_eos", "early_stop", "sliding", "greedy_tail", "fit_canvas"):
+        for name in ("anchor_eosbos", "trim_at_eos", "early_stop", "sliding", "greedy_tail", "fit_canvas",
+                     "shorten_to_fit"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
@@ -189,11 +193,12 @@ class SamplingConfig:
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplingConfig))
 """Every option name, in declaration order."""
 
-RELEASE = SamplingConfig(canvas_length=None, fit_canvas=False, tail="denoise", sampler="adaptive", temperature=1.0,
-                         num_denoising_steps=None, tokens_per_step=1, greedy_tail=False)
+RELEASE = SamplingConfig(canvas_length=None, fit_canvas=False, tail="denoise", sampler="ancestral", temperature=1.0,
+                         num_denoising_steps=128, tokens_per_step=1, greedy_tail=False, shorten_to_fit=True)
 """The released sampler's defaults (``sumi-model.md`` §4): a 2048-position canvas (capped at the model's positions)
-whose tail after the anchor is denoised as context, adaptive, T = 1, one step per new token. ``--release-defaults``
-on the command line and ``model.generate`` (the transformers-facing API) start from it."""
+whose tail after the anchor is denoised as context, the ancestral sampler, T = 1, 128 steps, and a
+``max_new_tokens`` that does not fit shortened instead of refused. ``--release-defaults`` on the command line and
+``model.generate`` (the transformers-facing API, :mod:`sumi.generation`) start from it."""
 
 
 def sampling_config(config: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:

@@ -278,6 +278,7 @@ def denoise(
         canvas_length=options.canvas_length, anchor_eosbos=options.anchor_eosbos, frozen=options.frozen,
         denoise_end=options.denoise_end, initial_canvas=initial_canvas, min_log_snr=options.min_log_snr,
         device=device, generator=gen, tail=options.tail, fit_canvas=options.fit_canvas,
+        shorten_to_fit=options.shorten_to_fit,
     )
     canvas, free = plan.canvas, plan.free_mask
     log_snrs = step_log_snrs(steps, options.schedule, options.min_log_snr, options.max_log_snr).tolist()
