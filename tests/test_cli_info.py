@@ -39,7 +39,7 @@ def test_python_dash_m_sumi_and_help_shows_defaults():
     assert proc.returncode == 0, proc.stderr
     help_text = " ".join(proc.stdout.split())
     assert "--max-new-tokens MAX_NEW_TOKENS default: 128" in help_text
-    assert "0 = argmax (default: 1.0)" in help_text and "(default: None)" not in help_text
+    assert "--min-log-snr MIN_LOG_SNR default: -9.0" in help_text and "(default: None)" not in help_text
 
 
 def test_closed_pipe_exits_quietly():
