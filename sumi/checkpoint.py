@@ -320,7 +320,25 @@ def _write_model(model, directory: Path, limit: int, target_dtype: torch.dtype |
     config = model.config
     saved_dtype = next(iter(state.values())).dtype if state else torch.float32
     dtype_name = {v: k for k, v in _DTYPES.items()}.get(saved_dtype, config.dtype)
-    config.replace(dtype=dtype_name).save(directory)
+    config.replace(dtype=dtype_name, extra={**config.extra, "auto_map": REMOTE_CODE_AUTO_MAP}).save(directory)
+    write_remote_code(directory)
+
+
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_sumi.SumiConfig",
+    "AutoModel": "modeling_sumi.SumiForMaskGeneration",
+    "AutoModelForMaskGeneration": "modeling_sumi.SumiForMaskGeneration",
+}
+"""config.json's ``auto_map``: the release's file and class names, served by the files :func:`write_remote_code`
+copies, so transformers alone loads a sumi directory with ``trust_remote_code=True``."""
+
+
+def write_remote_code(directory: Path) -> None:
+    """Copy the standalone ``configuration_sumi.py`` / ``modeling_sumi.py`` (torch + transformers only, from
+    ``sumi/assets/remote_code``) into a model directory."""
+    source = Path(__file__).parent / "assets" / "remote_code"
+    for name in ("configuration_sumi.py", "modeling_sumi.py"):
+        atomic_write_text(directory / name, (source / name).read_text(encoding="utf-8"))
 
 
 @contextmanager
