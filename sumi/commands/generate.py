@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt-file", action="append", default=[], type=Path,
                      help="a file whose whole content is one prompt (repeatable)")
     src.add_argument("--no-bos", action="store_true", help="do not prepend BOS to the prompts")
+    src.add_argument("--suffix", default=None,
+                     help="infill: text that follows the generated span; --max-new-tokens tokens are written between "
+                          "--prompt (optional) and it")
+    src.add_argument("--template", default=None,
+                     help='infill: text with gaps, e.g. "The {fill:12} said {fill:4}." ({fill:N} = N new tokens)')
     add_sampler_arguments(parser)
     smp = parser.add_argument_group("canvas and constraints")
     smp.add_argument("--no-anchor", dest="anchor_eosbos", action="store_false", help="do not freeze EOS, BOS")
@@ -144,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     model, tokenizer = resolve_model(args.model, device=args.device)
     model.eval()
+    if args.suffix is not None or args.template is not None:
+        return _run_infill(args, model, tokenizer)
     texts = _read_prompts(args)
     ids = None if texts is None else [tokenizer.encode(t, add_bos=not args.no_bos) for t in texts]
     batch = 1 if ids is None else len(ids)
@@ -182,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
             "steps_run": out.steps_run, "nfe": out.nfe, "seconds": round(seconds, 4),
             "new_tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else None,
             "options": options.to_dict(),
+            "resolved": {"canvas_length": int(out.canvas.shape[1]), "num_denoising_steps": options.steps,
+                         "budgets": out.budgets, "prompt_lengths": out.prompt_lengths},
         }
         if corrections is not None:
             record["self_correction"] = corrections.__dict__
@@ -192,6 +201,37 @@ def run(args: argparse.Namespace) -> int:
             print(f"--- sample {i} ---")
         print((texts[i] if texts else "") + text)
     logger.info("%d new tokens in %.2fs (%d steps, %d forwards)", new_tokens, seconds, out.steps_run, out.nfe)
+    return 0
+
+
+def _run_infill(args: argparse.Namespace, model, tokenizer) -> int:
+    """``--suffix`` / ``--template``: fill the gaps between fixed text (:mod:`sumi.infill`)."""
+    from sumi.infill import infill
+
+    if args.template is not None and (args.suffix is not None or args.prompt or args.prompt_file):
+        raise InputError("--template holds the whole text; do not combine it with --prompt/--suffix")
+    if len(args.prompt) > 1 or args.prompt_file:
+        raise InputError("--suffix fills one text: give at most one --prompt")
+    if args.sliding or args.freeze or args.denoise_end is not None or args.self_correct:
+        raise InputError("--suffix/--template cannot be combined with --sliding, --freeze, --denoise-end or "
+                         "--self-correct")
+    options = sampling_options(args, 1)
+    if args.template is not None:
+        result = infill(model, tokenizer, args.template, config=options)
+    else:
+        result = infill(model, tokenizer, prompt=args.prompt[0] if args.prompt else "", suffix=args.suffix,
+                        fill_tokens=args.max_new_tokens, config=options)
+    out = result.output
+    if args.json:
+        sample = {"text": result.text, "fills": result.fills}
+        sample.update({"template": args.template} if args.template is not None else
+                      {"prompt": args.prompt[0] if args.prompt else "", "suffix": args.suffix})
+        print(json.dumps({"model": str(args.model), "samples": [sample], "steps_run": out.steps_run,
+                          "nfe": out.nfe, "options": options.to_dict(),
+                          "resolved": {"canvas_length": int(out.canvas.shape[1]),
+                                       "num_denoising_steps": options.steps}}, ensure_ascii=False))
+        return 0
+    print(result.text)
     return 0
 
 
