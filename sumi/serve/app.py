@@ -1,4 +1,6 @@
-"""The FastAPI application: OpenAI-compatible ``/v1/completions``, ``/v1/models`` and ``/health``.
+"""The FastAPI application: OpenAI-compatible ``/v1/completions``, ``/v1/models`` and ``/health``; chat
+completions, ``/tokenize``, ``/detokenize`` and ``/metrics`` come from :mod:`sumi.serve.routes`; ``/docs`` is the
+OpenAPI page.
 
 Every failure is answered with an OpenAI-style error body ``{"error": {"message", "type", "param", "code"}}``:
 400 malformed JSON or a bad field, 401 a missing/wrong API key, 404 an unknown model or route, 413 a body over
@@ -82,7 +84,9 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
         finally:
             await engine.stop()
 
-    app = FastAPI(title="sumi", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI schema and its pages (/docs, /redoc) describe every route, as vLLM's server does.
+    app = FastAPI(title="sumi", description="OpenAI-compatible API for a sumi uniform diffusion LM",
+                  lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
     app.state.engine = engine
     app.state.config = config
 
@@ -163,6 +167,9 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
         return completion_body(cid, created_at, config.model_id, [_choice_dict(c) for c in choices],
                                _usage(job, choices))
 
+    from sumi.serve.routes import add_routes
+
+    add_routes(app, engine, tokenizer, model.config, config, authorize, read_json)
     return app
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,10 +54,15 @@ class Job:
     events: asyncio.Queue | None = None
     prompt_tokens: int = 0
     key: Any = field(default=None)
+    options: SamplingConfig | None = None
+    """The sampler call of this job's rows (the request's, or its infilling layout's)."""
+    infill: Any = None
+    """The :class:`~sumi.infill.InfillLayout` of a ``suffix`` request."""
 
     def __post_init__(self) -> None:
-        options = self.request.options
-        self.key = options if options.seed is None else (options, id(self))
+        options = self.options = self.options or self.request.options
+        alone = options.seed is not None or self.infill is not None  # its own frozen layout: never shared
+        self.key = (options, id(self)) if alone else options
 
 
 class Engine:
@@ -71,6 +77,11 @@ class Engine:
         self.max_queue = max_queue
         self.batches_run = 0
         self.rows_run = 0
+        self.forward_passes = 0
+        """Model forward passes (NFE) run so far, over all batches."""
+        self.tokens_generated = 0
+        self.model_seconds = 0.0
+        """Wall time the worker spent in the sampler."""
         self.in_flight = 0
         """Jobs submitted and not yet answered (queued or running)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sumi-model")
@@ -105,13 +116,25 @@ class Engine:
         if self._queue.qsize() >= self.max_queue:
             raise APIError(503, f"server busy: {self.max_queue} requests are already queued; retry later",
                            type="server_error", code="overloaded")
-        prompts = [self.tokenizer.encode(p, add_bos=True) if isinstance(p, str) else list(p)
-                   for p in request.prompts]
-        self._check_lengths(prompts, request)
+        plan, options = None, None
+        if request.suffix is not None:
+            from sumi.infill import prompt_suffix_layout, sampling_overrides
+
+            try:
+                plan = prompt_suffix_layout(self.tokenizer, request.prompts[0], request.suffix,
+                                            request.options.max_new_tokens)
+            except InputError as exc:
+                raise APIError(400, str(exc), param="suffix") from None
+            options = request.options.replace(**sampling_overrides(plan, request.n))
+            prompts = [plan.prompt]
+        else:
+            prompts = [self.tokenizer.encode(p, add_bos=True) if isinstance(p, str) else list(p)
+                       for p in request.prompts]
+        self._check_lengths(prompts, request, options)
         rows = [p for p in prompts for _ in range(request.n)]
         job = Job(request=request, rows=rows, future=self._loop.create_future(),
                   events=asyncio.Queue() if request.stream else None,
-                  prompt_tokens=sum(len(p) for p in prompts))
+                  prompt_tokens=sum(len(p) for p in prompts), options=options, infill=plan)
         self._queue.put_nowait(job)
         self.in_flight += 1
         job.future.add_done_callback(self._done)
@@ -122,13 +145,15 @@ class Engine:
         if not future.cancelled():
             future.exception()  # a client that went away never awaits its error: mark it retrieved
 
-    def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest) -> None:
+    def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest,
+                       options: SamplingConfig | None = None) -> None:
         """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing."""
+        options = options or request.options
         max_positions = self.model.config.max_position_embeddings
         longest = max(len(p) for p in prompts)
-        max_tokens = request.options.max_new_tokens
-        canvas = canvas_width(request.options.canvas_length, max_positions,
-                              fit_to=longest + max_tokens + ANCHOR_WIDTH if request.options.fit_canvas else None)
+        max_tokens = options.max_new_tokens
+        canvas = canvas_width(options.canvas_length, max_positions,
+                              fit_to=longest + max_tokens + ANCHOR_WIDTH if options.fit_canvas else None)
         if longest + max_tokens > canvas:
             raise APIError(400, f"the prompt ({longest} tokens) + max_tokens={max_tokens} does not "
                                 f"fit the canvas of {canvas} positions; shorten the prompt, lower max_tokens or "
@@ -165,9 +190,10 @@ class Engine:
     # ------------------------------------------------------------------ the model (worker thread)
     def _run_batch(self, jobs: list[Job]) -> None:
         rows = [row for job in jobs for row in job.rows]
-        options = jobs[0].request.options
+        options = jobs[0].options
         streaming = [job for job in jobs if job.events is not None]
         callback = self._stream_callback(jobs, options) if streaming else None
+        started = time.perf_counter()
         try:
             out = generate(self.model, rows, options, callback=callback)
         except InputError as exc:
@@ -179,16 +205,35 @@ class Engine:
             return
         self.batches_run += 1
         self.rows_run += len(rows)
+        self.forward_passes += out.nfe
+        self.model_seconds += time.perf_counter() - started
         start = 0
         for job in jobs:
             choices = []
             for i in range(len(job.rows)):
                 r = start + i
-                choices.append(self._choice(i, out.sequences[r], out.budgets[r], job.request.stop))
+                if job.infill is not None:
+                    choices.append(self._infill_choice(i, job, out.canvas[r].tolist()))
+                else:
+                    choices.append(self._choice(i, out.sequences[r], out.budgets[r], job.request.stop,
+                                                job.request.stop_token_ids))
+                self.tokens_generated += choices[-1].completion_tokens
             start += len(job.rows)
             self._finish(job, choices)
 
-    def _choice(self, index: int, sequence: list[int], budget: int, stop: list[str]) -> Choice:
+    def _infill_choice(self, index: int, job: Job, canvas_row: list[int]) -> Choice:
+        """The text written between the prompt and the suffix (OpenAI's completion text for ``suffix``)."""
+        from sumi.infill import fills
+
+        text = cut_at_stop("".join(fills(self.tokenizer, job.infill, canvas_row)), job.request.stop)
+        return Choice(index=index, text=text, finish_reason="stop", completion_tokens=job.infill.fill_tokens)
+
+    def _choice(self, index: int, sequence: list[int], budget: int, stop: list[str],
+                stop_token_ids: tuple[int, ...] = ()) -> Choice:
+        for i, token in enumerate(sequence):
+            if token in stop_token_ids:  # e.g. <|im_end|> closing a chat turn
+                sequence = sequence[:i]
+                break
         text = self._decode(sequence)
         finish = "stop" if len(sequence) < budget else "length"  # shorter = cut at the model's EOS
         cut = cut_at_stop(text, stop)

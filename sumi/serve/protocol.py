@@ -2,8 +2,9 @@
 
 Validation is explicit (not a pydantic model) so that every bad field gets an OpenAI-style error naming the
 field and the accepted values, with status 400, and never reaches the model. OpenAI fields that a diffusion
-sampler cannot honour (``logprobs``, ``echo``, ``best_of`` > 1, penalties, ``logit_bias``, ``suffix``) are
-accepted only at their neutral value. sumi's sampler options ride along as extra fields.
+sampler cannot honour (``logprobs``, ``echo``, ``best_of`` > 1, penalties, ``logit_bias``) are accepted only
+at their neutral value (else 400 naming the field, OpenAI's error convention). ``suffix`` is infilling: ``max_tokens``
+new tokens between the prompt and the suffix (:mod:`sumi.infill`). sumi's sampler options ride along as extra fields.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class CompletionRequest:
     include_usage: bool
     options: SamplingConfig
     """The sampler call of every row (equal options may share one batch)."""
+    suffix: str | None = None
+    """Infilling: text after the ``max_tokens`` generated ones (one text prompt)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end a completion (chat: ``<|im_end|>``), cut before decoding."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,6 @@ _NEUTRAL = {
     "logprobs": (lambda v: v in (None, 0), "logprobs are not available from a diffusion sampler"),
     "echo": (lambda v: v in (None, False), "echo is not supported"),
     "best_of": (lambda v: v in (None, 1), "best_of is not supported (use n)"),
-    "suffix": (lambda v: v in (None, ""), "suffix is not supported"),
     "presence_penalty": (lambda v: v in (None, 0, 0.0), "presence_penalty is not supported"),
     "frequency_penalty": (lambda v: v in (None, 0, 0.0), "frequency_penalty is not supported"),
     "logit_bias": (lambda v: v in (None, {}), "logit_bias is not supported"),
@@ -70,7 +74,7 @@ _NEUTRAL = {
 _IGNORED = ("user",)
 _KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
           "top_k", "sampler", "num_denoising_steps", "tokens_per_step", "canvas_length", "schedule",
-          "anchor_eosbos", *_NEUTRAL, *_IGNORED}
+          "anchor_eosbos", "suffix", *_NEUTRAL, *_IGNORED}
 
 
 def _bad(param: str, message: str) -> APIError:
@@ -188,8 +192,17 @@ def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limit
         )
     except OptionError as exc:
         raise _bad(exc.field, str(exc)) from None
+    suffix = body.get("suffix")
+    if suffix == "":
+        suffix = None
+    if suffix is not None:
+        if not isinstance(suffix, str):
+            raise _bad("suffix", "'suffix' must be a string")
+        if len(prompts) != 1 or not isinstance(prompts[0], str):
+            raise _bad("suffix", "'suffix' (infilling) needs exactly one text prompt")
     return CompletionRequest(prompts=prompts, n=n, stop=stop, stream=stream,
-                             include_usage=bool(stream_options.get("include_usage", False)), options=options)
+                             include_usage=bool(stream_options.get("include_usage", False)), options=options,
+                             suffix=suffix)
 
 
 def completion_id() -> str:
