@@ -22,6 +22,7 @@ OUTPUT_ARGS = ("output", "out", "trajectory", "gif", "dst")
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sumi.commands.demo", "train a small UDLM on the bundled corpus, sample from it, score it"),
     "train": ("sumi.commands.train", "pretrain a UDLM (or AR baseline) from a YAML recipe"),
+    "finetune": ("sumi.commands.finetune", "fine-tune a model on conversations (full or LoRA; chat template)"),
     "generate": ("sumi.commands.generate", "generate text with a diffusion sampler"),
     "score": ("sumi.commands.score", "NELBO (nats/token) of a text or a continuation"),
     "eval-samples": ("sumi.commands.eval_samples", "sample quality under a judge LM (Gen PPL, entropy, NFE)"),

@@ -25,6 +25,7 @@ from sumi._io import read_text
 from sumi.config import SumiConfig, get_preset, list_presets
 from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
 from sumi.errors import ConfigError
+from sumi.finetune.config import FinetuneSection, LoraSection
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -280,8 +281,14 @@ class RunConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def __post_init__(self) -> None:
+        _need(not self.lora.enabled or self.model.init_from,
+              "lora.rank > 0 adapts trained weights: set model.init_from to the base model directory")
+        _need(not (self.finetune.enabled and self.model.causal),
+              "fine-tuning (finetune.data) trains the diffusion model; model.causal=true is not supported")
         _need(self.schedule.warmup_steps <= self.training.steps or self.schedule.warmup_steps == 0,
               f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds training.steps={self.training.steps}; "
               "shorten the warmup or train longer")

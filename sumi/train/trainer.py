@@ -36,6 +36,7 @@ from sumi.checkpoint import output_errors
 from sumi.diffusion import TimeSampler, uniform
 from sumi.diffusion.loss import sumi_loss_reference
 from sumi.errors import CheckpointError, ConfigError, SumiError
+from sumi.finetune.data import SFTBatch
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
 from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_model_weights
 from sumi.train.config import RunConfig
@@ -167,6 +168,10 @@ class Trainer:
                 self._init_from(cfg.model.init_from)
             self.model.to(self.env.device)
         self.model.set_attn_implementation(cfg.model.attn_implementation)
+        if cfg.lora.enabled:  # base weights frozen, adapters trained (the optimizer sees trainable ones only)
+            from sumi.finetune.lora import apply_lora
+
+            self.model = apply_lora(self.model, cfg.lora)
         self.module = parallelize(
             self.model, self.env, self.layout, compile=tc.compile,
             activation_checkpointing=tc.activation_checkpointing and tc.activation_checkpointing_mode,
@@ -252,23 +257,38 @@ class Trainer:
             self._train_iter = iter(self.train_loader)
             return next(self._train_iter)
 
-    def make_inputs(self, x: torch.Tensor, key: tuple[int, ...], per_token_fraction: float | None = None
+    def make_inputs(self, batch: torch.Tensor | SFTBatch, key: tuple[int, ...],
+                    per_token_fraction: float | None = None, prompt_drop: float | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(z, t, labels) on the device for this rank's rows x [B, S]; t is None for the AR baseline.
+        """(z, t, labels) on the device for this rank's rows [B, S]; t is None for the AR baseline.
 
         Row j of this rank is row ``r·B + j`` of the global micro-batch (r = the data-parallel rank), noised from
-        the stream ``(*key, r·B + j)`` (see :mod:`sumi.train.noising`): the same noise whichever rank holds it.
+        the stream ``(*key, r·B + j)`` (see :mod:`sumi.train.noising`): the same noise whichever rank holds it. A
+        fine-tuning batch (:class:`SFTBatch`) is noised and scored only at its targets (the response); the prompt
+        and the anchor stay clean, and with ``finetune.prompt_drop`` a row's prompt is replaced by the
+        unconditional canvas (guidance training; the draw has its own keyed stream).
         """
-        x = x.long()
+        target = None
+        if isinstance(batch, SFTBatch):
+            x, target = batch.input_ids.long(), batch.target_mask
+            labels = x.masked_fill(~target, IGNORE_INDEX)
+        else:  # PAD only right-pads a split's last canvas; it is input but never a target.
+            x = batch.long()
+            labels = x.masked_fill(x == self.model_config.pad_token_id, IGNORE_INDEX)
         dev = self.env.device
-        # PAD only right-pads a split's last canvas; it is input but never a target.
-        labels = x.masked_fill(x == self.model_config.pad_token_id, IGNORE_INDEX).to(dev, non_blocking=True)
+        labels = labels.to(dev, non_blocking=True)
         if self.causal:
             return x.to(dev, non_blocking=True), None, labels
         sampler = self.time_sampler if per_token_fraction is None else TimeSampler(
             self.time_sampler.log_snr_min, self.time_sampler.log_snr_max, per_token_fraction)
         first = self.data_rank * x.shape[0]
-        z, t = noise_rows(x, [(*key, first + j) for j in range(x.shape[0])], sampler, self.noise)
+        keys = [(*key, first + j) for j in range(x.shape[0])]
+        z, t = noise_rows(x, keys, sampler, self.noise)
+        if target is not None:
+            from sumi.sampling.guidance import drop_prompts
+
+            drop = self.cfg.finetune.prompt_drop if prompt_drop is None else prompt_drop
+            z = torch.where(target, z, drop_prompts(x, target, drop, self.model_config.pad_token_id, keys))
         return z.to(dev, non_blocking=True), t.to(dev, non_blocking=True), labels
 
     def _autocast(self):
@@ -353,7 +373,8 @@ class Trainer:
         totals = torch.zeros(2, dtype=torch.float64, device=self.env.device)
         num_batches = min(tc.eval_batches, getattr(loader, "steps_per_epoch", tc.eval_batches))
         for index in range(num_batches):
-            z, t, x = self.make_inputs(next(loader), (tc.eval_seed, index), per_token_fraction=0.0)
+            z, t, x = self.make_inputs(next(loader), (tc.eval_seed, index), per_token_fraction=0.0,
+                                       prompt_drop=0.0)
             out = self._forward(z, t, x)
             tokens = out.metrics["tokens"].double()
             totals += torch.stack([out.metrics["elbo"].double() * tokens, tokens])
@@ -419,7 +440,18 @@ class Trainer:
         if self.env.is_main:
             with torch.device("meta"):
                 plain = SumiForMaskGeneration(self.model_config)
-            plain.load_state_dict(full, strict=True, assign=True)
+            if self.cfg.lora.enabled:  # adapters in PEFT's format next to the model, then merged into it
+                from sumi.finetune.lora import apply_lora, merge, save_adapter
+
+                plain = apply_lora(plain, self.cfg.lora)
+                # Copies: merging adds B·A into the weights in place, and on CPU ``full`` shares the live storage.
+                plain.load_state_dict({k: v.clone() for k, v in full.items()}, strict=True, assign=True)
+                adapter = directory.parent / "adapter"
+                with output_errors(adapter), staged_directory(adapter) as staging:
+                    save_adapter(plain, staging)
+                plain = merge(plain)
+            else:
+                plain.load_state_dict(full, strict=True, assign=True)
             tokenizer = self.tokenizer()
             # Weights and tokenizer are built aside and swapped in together: a failed export (full disk)
             # leaves the previous export whole.

@@ -1,0 +1,82 @@
+"""The fine-tuning sections of the run config: the conversation data (``finetune``) and LoRA (``lora``).
+
+Both are inert by default, so a pretraining recipe is unchanged; ``sumi finetune`` requires ``finetune.data``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sumi.errors import ConfigError
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Every attention and MLP projection of a block."""
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class FinetuneSection:
+    """Supervised fine-tuning on conversations (see :mod:`sumi.finetune.data` for the canvas layout)."""
+
+    data: Any = ""
+    """Training conversations: a JSONL path (records with ``messages``, or ``prompt``/``response``), or a mapping
+    ``{type: hf, dataset: NAME, config: ..., split: train}``. Empty = pretraining (no fine-tuning)."""
+    heldout_data: Any = ""
+    """Held-out conversations for the held-out NELBO (same forms); empty = hold out ``heldout_fraction``."""
+    heldout_fraction: float = 0.05
+    """Share of the training examples held out when ``heldout_data`` is empty (at least one example)."""
+    canvas_length: int = 256
+    """Length C of every fine-tuning canvas (prompt + response + EOS fill + the EOS/BOS anchor); generate with
+    the same ``canvas_length`` and ``max_new_tokens = C − prompt − 2`` to match training."""
+    truncate: bool = False
+    """Cut responses that do not fit the canvas (instead of an error naming the example)."""
+    prompt_drop: float = 0.0
+    """Classifier-free guidance: the probability that an example's prompt is replaced by the unconditional
+    canvas (PAD at every prompt position), so one model learns p(x | prompt) and p(x). Schiff et al. use 0.1."""
+    max_examples: int = 0
+    """Use only the first this many examples (0 = all)."""
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.data, str | dict), "finetune.data must be a JSONL path or a mapping {type: hf, ...}")
+        _need(isinstance(self.heldout_data, str | dict),
+              "finetune.heldout_data must be a JSONL path or a mapping {type: hf, ...}")
+        _need(0.0 < self.heldout_fraction < 1.0,
+              f"finetune.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        _need(self.canvas_length >= 4, f"finetune.canvas_length must be >= 4, got {self.canvas_length}")
+        _need(0.0 <= self.prompt_drop < 1.0, f"finetune.prompt_drop must lie in [0, 1), got {self.prompt_drop}")
+        _need(self.max_examples >= 0, f"finetune.max_examples must be >= 0 (0 = all), got {self.max_examples}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.data)
+
+
+@dataclass
+class LoraSection:
+    """Low-rank adapters (LoRA, through ``peft``) instead of full fine-tuning; ``rank: 0`` trains every weight."""
+
+    rank: int = 0
+    """Adapter rank r (0 = full fine-tuning, no adapters)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the update is (alpha / rank)·B·A."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Projection names that get adapters (default: every attention and MLP projection)."""
+
+    def __post_init__(self) -> None:
+        _need(self.rank >= 0, f"lora.rank must be >= 0 (0 = full fine-tuning), got {self.rank}")
+        _need(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        _need(0.0 <= self.dropout < 1.0, f"lora.dropout must lie in [0, 1), got {self.dropout}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        _need(bool(self.targets) and not unknown,
+              f"lora.targets {unknown or self.targets} must be a non-empty subset of {list(LORA_TARGETS)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0

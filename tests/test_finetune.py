@@ -1,0 +1,212 @@
+"""Fine-tuning: chat rendering into SFT canvases, the response-only loss, exact resume, LoRA, prompt dropping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sumi.diffusion.loss import sumi_loss
+from sumi.errors import ConfigError, InputError
+from sumi.finetune.data import SFTDataset, SFTExample, SFTLoader, canvas_of, examples_of, messages_of, prompt_ids_of
+from sumi.finetune.tasks import TASK_KINDS, exact_match, generate_split
+from sumi.model import IGNORE_INDEX
+from sumi.sampling.guidance import drop_prompts, guided_logits, unconditional_canvas
+from sumi.train import resolve_run_config
+from sumi.train.checkpointing import Checkpointer
+from sumi.train.metrics import TIMING_KEYS, read_metrics
+
+CANVAS = 80
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "In the beginning?"},
+        {"role": "assistant", "content": "God created"}, {"role": "user", "content": "And the earth?"},
+        {"role": "assistant", "content": "without form"}]
+
+
+@pytest.fixture(scope="module")
+def chat_file(tmp_path_factory):
+    """24 chats: 12 task examples as prompt/response pairs, 12 as messages (one with two assistant turns)."""
+    path = tmp_path_factory.mktemp("chats") / "chats.jsonl"
+    examples = generate_split("train", 23, seed=1, kinds=("reverse", "sort"))
+    lines = [{"prompt": e.prompt, "response": e.answer} for e in examples[:12]]
+    lines += [{"messages": e.messages(system=False)} for e in examples[12:]]
+    lines.append({"messages": CHAT[1:]})
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def run_config(tmp_path, base, data, *overrides):
+    base_args = [f"model.init_from={base}", f"finetune.data={data}", f"finetune.canvas_length={CANVAS}",
+                 "finetune.heldout_fraction=0.2", "training.steps=4", "training.micro_batch_size=4",
+                 "training.log_every=1", "training.progress=false", "schedule.warmup_steps=1", "optimizer.lr=3e-3",
+                 "checkpoint.every=0", "checkpoint.export=false", "training.eval_batches=1", "training.device=cpu",
+                 f"training.output_dir={tmp_path}"]
+    return resolve_run_config(None, base_args + list(overrides))
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def test_every_assistant_turn_is_one_example_and_the_template_round_trips(tiny_tokenizer):
+    from sumi.chat import apply_chat_template
+
+    examples = examples_of(CHAT, tiny_tokenizer)
+    assert len(examples) == 2
+    text = apply_chat_template(CHAT, tiny_tokenizer)
+    for k, example in enumerate(examples):
+        # prompt + response is a prefix of the rendered conversation, cut right after the turn's <|im_end|> ...
+        rendered = tiny_tokenizer.decode(example.prompt_ids + example.response_ids, skip_special_tokens=False)
+        assert text.startswith(rendered) and rendered.endswith("<|im_end|>")
+        assert tiny_tokenizer.decode(example.response_ids, skip_special_tokens=True) == CHAT[2 + 2 * k]["content"]
+        # ... and the prompt is exactly what generation starts from for that turn (history + assistant header).
+        assert example.prompt_ids == prompt_ids_of(CHAT[:2 + 2 * k], tiny_tokenizer)
+    assert examples[1].prompt_ids[:len(examples[0].prompt_ids)] == examples[0].prompt_ids
+
+
+def test_prompt_response_pairs_equal_their_chat_form(tiny_tokenizer):
+    pair = messages_of({"prompt": "Hi", "response": "Hello", "system": "S"}, "x")
+    assert pair == [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"}]
+    with pytest.raises(InputError, match="needs 'messages' or 'prompt' and 'response'"):
+        messages_of({"text": "Hi"}, "f.jsonl:3")
+    with pytest.raises(InputError, match="no assistant turn"):
+        messages_of({"messages": [{"role": "user", "content": "Hi"}]}, "f.jsonl:1")
+
+
+def test_canvas_layout_matches_generate():
+    example = SFTExample(prompt_ids=[0, 5, 6], response_ids=[7, 8])
+    ids, target = canvas_of(example, 10, eos_id=1, bos_id=0)
+    assert ids == [0, 5, 6, 7, 8, 1, 1, 1, 1, 0]
+    assert target == [False] * 3 + [True] * 5 + [False] * 2
+    from sumi.sampling.canvas import plan_canvas
+
+    # generate() with max_new_tokens = C - P - 2 freezes exactly the non-target positions, with the same ids.
+    plan = plan_canvas([[0, 5, 6]], vocab_size=16, max_positions=10, bos_id=0, eos_id=1, max_new_tokens=5,
+                       canvas_length=10)
+    assert plan.frozen_mask[0].tolist() == [not t for t in target]
+    assert plan.canvas[0][plan.frozen_mask[0]].tolist() == [i for i, t in zip(ids, target) if not t]
+
+
+def test_too_long_is_an_error_unless_truncated():
+    example = SFTExample(prompt_ids=[0, 5, 6], response_ids=[7, 8, 9, 10, 11, 12])
+    with pytest.raises(InputError, match="do not fit the canvas of 8.*finetune.truncate=true"):
+        canvas_of(example, 8, eos_id=1, bos_id=0, where="chats.jsonl:4: ")
+    ids, target = canvas_of(example, 8, eos_id=1, bos_id=0, truncate=True)
+    assert ids == [0, 5, 6, 7, 8, 9, 1, 0] and sum(target) == 3
+    with pytest.raises(InputError, match="no room for a response"):
+        canvas_of(SFTExample(list(range(7)), [1]), 8, eos_id=1, bos_id=0, truncate=True)
+
+
+def test_loader_is_resumable_and_covers_an_epoch():
+    data = SFTDataset(torch.arange(40).view(10, 4), torch.ones(10, 4, dtype=torch.bool))
+    loader = SFTLoader(data, 3, seed=5)
+    seen = torch.cat([next(loader).input_ids[:, 0] for _ in range(3)])
+    assert len(set(seen.tolist())) == 9
+    state = loader.state_dict()
+    after = [next(loader).input_ids for _ in range(4)]
+    again = SFTLoader(data, 3, seed=5)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, next(again).input_ids) for a in after)
+    with pytest.raises(ConfigError, match="global_batch=3 but this one has 4"):
+        SFTLoader(data, 4, seed=5).load_state_dict(state)
+    # Two ranks of batch 2 read together exactly what one rank of batch 4 reads.
+    one = SFTLoader(data, 4, seed=5)
+    ranks = [SFTLoader(data, 2, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(5):
+        assert torch.equal(next(one).input_ids, torch.cat([next(r).input_ids for r in ranks]))
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+def test_prompt_positions_are_clean_and_never_targets(tmp_path, tiny_model_dir, chat_file):
+    """The loss's gradient w.r.t. the logits of prompt (and anchor) positions is exactly zero, and inputs there
+    are the clean ids; the response positions carry all of the gradient."""
+    from sumi.finetune.run import build_finetune_trainer
+
+    trainer = build_finetune_trainer(run_config(tmp_path, tiny_model_dir, chat_file))
+    batch = next(trainer.train_loader)
+    z, t, labels = trainer.make_inputs(batch, (0, 0, 0))
+    target = batch.target_mask
+    assert torch.equal(labels == IGNORE_INDEX, ~target)
+    assert torch.equal(z[~target], batch.input_ids[~target])  # prompt and anchor unchanged
+    assert bool((z[target] != batch.input_ids[target]).any())  # responses are noised
+    logits = trainer.model(z).logits.detach().requires_grad_(True)
+    loss, _ = sumi_loss(logits, z, labels, t)
+    loss.backward()
+    grad = logits.grad.abs().sum(-1)
+    assert torch.count_nonzero(grad[~target]) == 0
+    assert bool((grad[target] > 0).all())
+    # Changing what sits at the prompt positions as targets changes nothing either.
+    other = labels.masked_fill(~target, IGNORE_INDEX)
+    assert torch.equal(sumi_loss(logits, z, other, t)[0], loss)
+
+
+def test_prompt_drop_replaces_whole_prompts_with_pad():
+    x = torch.arange(1, 25).view(4, 6)
+    target = torch.zeros(4, 6, dtype=torch.bool)
+    target[:, 3:5] = True
+    keys = [(0, 7, 0, row) for row in range(4)]
+    assert torch.equal(drop_prompts(x, target, 0.0, 0, keys), x)
+    dropped = drop_prompts(x, target, 0.5, 0, keys)
+    rows = (dropped[:, :3] == 0).all(1)
+    assert 0 < int(rows.sum()) < 4
+    assert torch.equal(dropped[~rows], x[~rows]) and torch.equal(dropped[:, 3:], x[:, 3:])
+    # Each row decides from its own key: the same rows drop in any batch split (any number of ranks).
+    halves = torch.cat([drop_prompts(x[:2], target[:2], 0.5, 0, keys[:2]),
+                        drop_prompts(x[2:], target[2:], 0.5, 0, keys[2:])])
+    assert torch.equal(halves, dropped)
+    assert torch.equal(unconditional_canvas(x, ~target & (torch.arange(6) < 3), 0)[:, :3], torch.zeros(4, 3).long())
+
+
+def test_guided_logits_scale_one_is_the_conditional_distribution():
+    cond, uncond = torch.randn(3, 7, generator=torch.Generator().manual_seed(0)), torch.randn(3, 7)
+    torch.testing.assert_close(guided_logits(cond, uncond, 1.0), torch.log_softmax(cond, -1))
+    torch.testing.assert_close(guided_logits(cond, uncond, 0.0), torch.log_softmax(uncond, -1))
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def test_finetune_resume_reproduces_the_uninterrupted_curve_bitwise(tmp_path, tiny_model_dir, chat_file):
+    from sumi.finetune.run import build_finetune_trainer
+
+    def run(name):
+        return run_config(tmp_path / name, tiny_model_dir, chat_file, "training.steps=6", "checkpoint.every=3",
+                          "finetune.prompt_drop=0.3")
+
+    build_finetune_trainer(run("full")).fit()
+    build_finetune_trainer(run("cut")).fit()
+    (tmp_path / "cut" / "checkpoints" / "latest").write_text("step-00000003")
+    assert Checkpointer(tmp_path / "cut" / "checkpoints").latest().name == "step-00000003"
+    build_finetune_trainer(run("cut")).fit(resume=True)
+
+    def curve(name):
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+                for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    assert curve("full") == curve("cut")
+    assert [r["step"] for r in curve("cut") if "loss" in r] == list(range(1, 7))
+
+
+def test_finetune_needs_data_and_a_base_model(tmp_path, tiny_model_dir, chat_file):
+    from sumi.finetune.run import build_finetune_trainer
+
+    with pytest.raises(ConfigError, match="model.init_from"):
+        build_finetune_trainer(run_config(tmp_path, tmp_path, chat_file))
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_finetune_trainer(run_config(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl"))
+    with pytest.raises(ConfigError, match="offline"):
+        build_finetune_trainer(run_config(tmp_path, tiny_model_dir, "{type: hf, dataset: some/chats}"))
+    with pytest.raises(InputError, match=r"chats.jsonl:1: prompt \(38 tokens\) \+ response \(15\).*canvas of 48"):
+        build_finetune_trainer(run_config(tmp_path, tiny_model_dir, chat_file, "finetune.canvas_length=48"))
+
+
+# ---------------------------------------------------------------------------------------------- the task
+def test_task_split_is_disjoint_and_deterministic():
+    train = generate_split("train", 200, seed=3)
+    held = generate_split("heldout", 50, seed=3)
+    assert {e.prompt for e in train}.isdisjoint(e.prompt for e in held)
+    assert generate_split("heldout", 50, seed=3) == held
+    assert {e.kind for e in train} == set(TASK_KINDS)
+    for e in train[:8]:
+        if e.kind == "reverse":
+            assert e.answer.split() == e.prompt.split(": ")[1].split()[::-1]
+        if e.kind == "add":
+            a, b = (int(w.strip(".")) for w in e.prompt.split()[1::2])
+            assert int(e.answer) == a + b
+    assert exact_match(" a b ", "a b") and not exact_match("a b c", "a b")
