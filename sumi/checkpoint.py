@@ -363,12 +363,13 @@ def is_model_dir(path: str | Path) -> bool:
 
 
 def resolve_model(model, tokenizer=None, *, device: torch.device | str | None = None,
-                  dtype: torch.dtype | str | None = None):
+                  dtype: torch.dtype | str | None = None, adapter: str | Path | None = None):
     """(model, tokenizer) from objects or a self-contained model directory — what every command needs.
 
     ``model`` is a loaded model or a directory (config.json + safetensors + tokenizer.json); ``tokenizer`` a
     :class:`~sumi.tokenizer.SumiTokenizer`, a path/name for :func:`~sumi.tokenizer.load_tokenizer`, or None
     (the model directory's own). A directory that is not a sumi model raises :class:`CheckpointError`.
+    ``adapter``: a LoRA adapter directory (PEFT format, from ``sumi finetune``) merged into the model.
     """
     if isinstance(model, str | Path):
         path = Path(model)
@@ -382,6 +383,10 @@ def resolve_model(model, tokenizer=None, *, device: torch.device | str | None = 
                 raise CheckpointError(f"{path} holds no tokenizer.json; pass a tokenizer explicitly")
             tokenizer = path
         model = load_model(path, device=device, dtype=dtype)
+    if adapter is not None:
+        from sumi.finetune.lora import load_adapter, merge
+
+        model = merge(load_adapter(model, adapter)).eval()
     if isinstance(tokenizer, str | Path):
         from sumi.tokenizer import load_tokenizer
 

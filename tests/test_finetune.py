@@ -210,3 +210,69 @@ def test_task_split_is_disjoint_and_deterministic():
             a, b = (int(w.strip(".")) for w in e.prompt.split()[1::2])
             assert int(e.answer) == a + b
     assert exact_match(" a b ", "a b") and not exact_match("a b c", "a b")
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+def _randomise_adapters(model, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * 0.1)
+
+
+def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config):
+    from peft import PeftModel
+
+    from sumi.finetune.config import LoraSection
+    from sumi.finetune.lora import apply_lora, load_adapter, merge, parameter_counts, save_adapter
+    from sumi.model import SumiForMaskGeneration
+
+    def base():
+        return SumiForMaskGeneration.from_config(tiny_config, seed=0, dtype=torch.float64)
+
+    lora = apply_lora(base(), LoraSection(rank=4))
+    trainable, total = parameter_counts(lora)
+    assert trainable == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n) and trainable < total
+    ids = torch.randint(0, tiny_config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(lora(ids).logits, base()(ids).logits)  # fresh adapters (B = 0) change nothing
+    _randomise_adapters(lora, 2)
+    reference = lora(ids).logits
+    save_adapter(lora, tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    loaded = load_adapter(base(), tmp_path / "adapter")
+    assert torch.equal(loaded(ids).logits, reference)
+    assert torch.equal(PeftModel.from_pretrained(base(), str(tmp_path / "adapter"))(ids).logits, reference)
+    merged = merge(loaded)
+    assert type(merged) is SumiForMaskGeneration
+    torch.testing.assert_close(merged(ids).logits, reference, rtol=0, atol=1e-12)
+    merged.save_pretrained(tmp_path / "merged")
+    from sumi.checkpoint import load_model
+
+    # Reloaded: the same weights (its RoPE tables are built in fp32, hence the tolerance).
+    torch.testing.assert_close(load_model(tmp_path / "merged")(ids).logits, reference, rtol=0, atol=1e-6)
+
+
+def test_lora_finetune_trains_adapters_only_and_exports_adapter_and_merged_model(tmp_path, tiny_model_dir, chat_file):
+    from sumi.checkpoint import load_model, resolve_model
+    from sumi.finetune.run import build_finetune_trainer
+
+    cfg = run_config(tmp_path, tiny_model_dir, chat_file, "lora.rank=4", "checkpoint.export=true",
+                     "optimizer.lr=3e-2")
+    trainer = build_finetune_trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == {n for n in before if "lora_" in n}
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        live = trainer.model(ids).logits
+        exported = load_model(tmp_path / "model")(ids).logits
+        with_adapter, tokenizer = resolve_model(tiny_model_dir, adapter=tmp_path / "adapter")
+        attached = with_adapter(ids).logits
+        base = load_model(tiny_model_dir)(ids).logits
+    torch.testing.assert_close(exported, live, rtol=0, atol=1e-5)
+    torch.testing.assert_close(attached, live, rtol=0, atol=1e-5)
+    assert not torch.allclose(base, live, atol=1e-4)
+    assert (tmp_path / "model" / "tokenizer.json").is_file() and tokenizer.chat_template
