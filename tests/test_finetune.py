@@ -276,3 +276,35 @@ def test_lora_finetune_trains_adapters_only_and_exports_adapter_and_merged_model
     torch.testing.assert_close(attached, live, rtol=0, atol=1e-5)
     assert not torch.allclose(base, live, atol=1e-4)
     assert (tmp_path / "model" / "tokenizer.json").is_file() and tokenizer.chat_template
+
+
+# ---------------------------------------------------------------------------------------------- guidance
+@pytest.mark.parametrize("sampler", ["adaptive", "ancestral", "greedy"])
+def test_guidance_scale_one_is_plain_sampling(tiny_model, sampler):
+    from sumi.sampling import generate
+
+    prompts = [[0, 5, 9, 33], [0, 7]]
+    options = dict(max_new_tokens=12, canvas_length=24, sampler=sampler, seed=3, num_denoising_steps=8)
+    plain = generate(tiny_model, prompts, **options)
+    guided = generate(tiny_model, prompts, guidance_scale=1.0, **options)
+    assert torch.equal(plain.canvas, guided.canvas) and plain.sequences == guided.sequences
+    assert plain.nfe == guided.nfe
+
+
+def test_guidance_costs_one_extra_forward_and_zero_scale_ignores_the_prompt(tiny_model):
+    from sumi.sampling import generate
+
+    prompt, pad = [0, 5, 9, 33], tiny_model.config.pad_token_id
+    options = dict(max_new_tokens=10, canvas_length=20, sampler="greedy", seed=1, num_denoising_steps=6,
+                   early_stop=False)
+    plain = generate(tiny_model, [prompt], **options)
+    guided = generate(tiny_model, [prompt], guidance_scale=2.0, **options)
+    assert guided.nfe == 2 * plain.nfe
+    # γ = 0 samples from the unconditional model: the same tokens as plain sampling with a PAD prompt.
+    unconditional = generate(tiny_model, [prompt], guidance_scale=0.0, **options)
+    padded = generate(tiny_model, [[pad] * len(prompt)], **options)
+    assert unconditional.sequences == padded.sequences
+    from sumi.errors import OptionError
+
+    with pytest.raises(OptionError, match="guidance_scale"):
+        generate(tiny_model, [prompt], guidance_scale=-1.0, **options)

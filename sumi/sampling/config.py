@@ -103,6 +103,9 @@ class SamplingConfig:
     """Allow ``max_new_tokens`` beyond one canvas by sliding it (:func:`sumi.sampling.generate_long`)."""
     context_length: int | None = None
     """With ``sliding``: the latest ids each window keeps as its prompt (None: half the canvas)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance γ (:mod:`sumi.sampling.guidance`) for models fine-tuned with prompt dropping:
+    x̂ ∝ x̂(·|prompt)^γ · x̂(·)^(1−γ). 1 = no guidance and no extra cost; otherwise one more forward per step."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -147,6 +150,9 @@ class SamplingConfig:
             self._fail("seed", f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
         if self.context_length is not None and (not _is_int(self.context_length) or self.context_length < 1):
             self._fail("context_length", f"context_length must be an integer >= 1, got {self.context_length!r}")
+        if not _is_number(self.guidance_scale) or self.guidance_scale < 0 or math.isinf(self.guidance_scale):
+            self._fail("guidance_scale", f"guidance_scale must be a finite number >= 0 (1 = no guidance), got "
+                                         f"{self.guidance_scale!r}")
         if isinstance(self.denoise_end, list):  # hashable, like every other field
             object.__setattr__(self, "denoise_end", tuple(self.denoise_end))
         if isinstance(self.frozen, list):

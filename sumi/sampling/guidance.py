@@ -50,3 +50,36 @@ def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, scale:
     cond = torch.log_softmax(conditional.float(), dim=-1)
     uncond = torch.log_softmax(unconditional.float(), dim=-1)
     return torch.log_softmax(scale * cond + (1 - scale) * uncond, dim=-1)
+
+
+class GuidedLogitSource:
+    """The :class:`~sumi.sampling.loop.LogitSource` interface (``update``, ``full``, ``at``, ``nfe``) over two
+    sources: the canvas as it is, and its unconditional twin (prompt positions PAD). Each forward the sampler
+    asks for costs one more on the twin; rows that did not change reuse both caches.
+
+    Args:
+        conditional, unconditional: two fresh logit sources over the same model.
+        prompt_mask: [B, C] bool, the prompt positions of each row.
+        pad_id: the id that fills the prompt in the unconditional canvas.
+        scale: γ (1 would equal ``conditional`` alone; the sampler then does not build this class).
+    """
+
+    def __init__(self, conditional, unconditional, prompt_mask: torch.Tensor, pad_id: int, scale: float) -> None:
+        self.conditional, self.unconditional = conditional, unconditional
+        self.prompt_mask, self.pad_id, self.scale = prompt_mask, pad_id, float(scale)
+
+    @property
+    def nfe(self) -> int:
+        return self.conditional.nfe + self.unconditional.nfe
+
+    def update(self, canvas: torch.Tensor, changed_rows: torch.Tensor | None = None) -> None:
+        self.conditional.update(canvas, changed_rows)
+        self.unconditional.update(unconditional_canvas(canvas, self.prompt_mask, self.pad_id), changed_rows)
+
+    def full(self) -> torch.Tensor:
+        """Guided log-probabilities of every position, [B, C, V] fp32."""
+        return guided_logits(self.conditional.full(), self.unconditional.full(), self.scale)
+
+    def at(self, mask: torch.Tensor) -> torch.Tensor:
+        """Guided log-probabilities of the positions where ``mask`` [B, C] is True, [n, V] fp32."""
+        return guided_logits(self.conditional.at(mask), self.unconditional.at(mask), self.scale)

@@ -297,6 +297,13 @@ def denoise(
         progress = tqdm(total=steps, desc=f"{options.sampler} sampling", unit="step")
     step, commits = _sampler_step(options, vocab_size=vocab_size, generator=gen)
     source = LogitSource(model, vocab_size)
+    if options.guidance_scale != 1:  # γ = 1 is plain sampling: no second source, no extra forward
+        from sumi.sampling.guidance import GuidedLogitSource
+
+        prompt_mask = torch.arange(canvas.shape[1], device=device)[None] < torch.tensor(
+            plan.prompt_lengths, device=device)[:, None]
+        source = GuidedLogitSource(source, LogitSource(model, vocab_size), prompt_mask,
+                                   model_config.pad_token_id, options.guidance_scale)
     source.update(canvas)
     initial = canvas.clone()
     steps_run = 0
