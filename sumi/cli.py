@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sumi.commands.demo", "train a small UDLM on the bundled corpus, sample from it, score it"),
     "train": ("sumi.commands.train", "pretrain a UDLM (or AR baseline) from a YAML recipe"),
     "finetune": ("sumi.commands.finetune", "fine-tune a model on conversations (full or LoRA; chat template)"),
+    "chat": ("sumi.commands.chat", "chat with a model in the terminal (chat template, streaming canvas)"),
     "generate": ("sumi.commands.generate", "generate text with a diffusion sampler"),
     "score": ("sumi.commands.score", "NELBO (nats/token) of a text or a continuation"),
     "eval-samples": ("sumi.commands.eval_samples", "sample quality under a judge LM (Gen PPL, entropy, NFE)"),

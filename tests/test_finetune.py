@@ -308,3 +308,39 @@ def test_guidance_costs_one_extra_forward_and_zero_scale_ignores_the_prompt(tiny
 
     with pytest.raises(OptionError, match="guidance_scale"):
         generate(tiny_model, [prompt], guidance_scale=-1.0, **options)
+
+
+# ---------------------------------------------------------------------------------------------- sumi chat
+@pytest.mark.slow
+def test_chat_cli_answers_piped_lines_like_the_library(tiny_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    from sumi.checkpoint import resolve_model
+    from sumi.sampling.chat import chat_reply
+
+    result = subprocess.run([sys.executable, "-m", "sumi.cli", "chat", "--model", str(tiny_model_dir),
+                             "--canvas-length", "64", "--steps", "6", "--system", "Be brief.", "--json"],
+                            input="In the beginning?\n\n/reset\nAnd the earth?\n", capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line)["reply"] for line in result.stdout.splitlines()]
+    assert len(lines) == 2
+    model, tokenizer = resolve_model(tiny_model_dir)
+    expected = [chat_reply(model, tokenizer, [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": question}],
+                           canvas_length=64, num_denoising_steps=6, sampler="adaptive", temperature=0.0, seed=0)
+                for question in ("In the beginning?", "And the earth?")]
+    assert lines == expected
+
+
+def test_chat_history_is_shortened_to_fit_the_canvas(tiny_tokenizer):
+    from sumi.sampling.chat import conversation_ids
+
+    long_history = CHAT[:3] + [{"role": "user", "content": "And the earth? " * 3}]
+    full = conversation_ids(long_history, tiny_tokenizer, 200)
+    short = conversation_ids(long_history, tiny_tokenizer, len(full) + 2)  # too small for the whole history
+    assert len(short) < len(full) and tiny_tokenizer.decode(short).count("user") == 1
+    with pytest.raises(InputError, match="does not fit a canvas of 12"):
+        conversation_ids(long_history, tiny_tokenizer, 12)
