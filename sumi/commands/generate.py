@@ -32,6 +32,7 @@ def _frozen_pair(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory (config, weights and tokenizer files)")
+    parser.add_argument("--adapter", default=None, help="a LoRA adapter directory (sumi finetune) merged into --model")
     src = parser.add_argument_group("prompts (one sample per prompt; none = one unconditional sample)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt text (repeatable)")
     src.add_argument("--prompt-file", action="append", default=[], type=Path,
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     smp.add_argument("--self-correct", type=int, default=0, metavar="STEPS",
                      help="refine the result with this many self-correction steps")
     smp.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    smp.add_argument("--guidance-scale", type=float, default=DEFAULTS.guidance_scale,
+                     help="classifier-free guidance γ for models tuned with finetune.prompt_drop (1 = off)")
     run = parser.add_argument_group("output and device")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     run.add_argument("--json", action="store_true", help="print one JSON object")
@@ -120,7 +123,7 @@ def sampling_options(args: argparse.Namespace, batch: int) -> SamplingConfig:
         max_log_snr=args.max_log_snr, top_k=args.top_k, top_p=args.top_p, anchor_eosbos=args.anchor_eosbos,
         frozen=[list(args.freeze)] * batch if args.freeze else None, denoise_end=args.denoise_end,
         trim_at_eos=args.trim_at_eos, seed=args.seed, early_stop=args.early_stop, sliding=args.sliding,
-        context_length=args.context_length,
+        context_length=args.context_length, guidance_scale=args.guidance_scale,
     )
 
 
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--show/--trajectory/--gif follow one canvas; drop --sliding or the views")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    model, tokenizer = resolve_model(args.model, device=args.device)
+    model, tokenizer = resolve_model(args.model, device=args.device, adapter=args.adapter)
     model.eval()
     if args.suffix is not None or args.template is not None:
         return _run_infill(args, model, tokenizer)

@@ -15,6 +15,7 @@ SWITCH_INTERVAL_S = 0.001  # Python's default is 0.005
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory (release layout, with tokenizer files)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory or name (default: the model dir)")
+    parser.add_argument("--adapter", default=None, help="a LoRA adapter directory (sumi finetune) merged into --model")
     parser.add_argument("--model-name", default=None, help="model id reported by the API (default: dir name)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens_limit < 1:
         raise ConfigError("--max-tokens-limit must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = resolve_model(args.model, args.tokenizer, device=device, dtype=args.dtype)
+    model, tokenizer = resolve_model(args.model, args.tokenizer, device=device, dtype=args.dtype, adapter=args.adapter)
     name = args.model_name or Path(args.model).resolve().name
     config = ServeConfig(model_id=name, api_key=args.api_key, max_request_bytes=args.max_request_bytes,
                          batch_window_ms=args.batch_window_ms, max_batch_rows=args.max_batch_rows,

@@ -1,0 +1,191 @@
+"""Instruction tuning proven on a task: held-out exact match before and after ``sumi finetune``, full fine-tuning vs
+LoRA, with and without classifier-free guidance.
+
+1. **Base model**: ``--base DIR`` (e.g. ``runs/demo/model`` from ``bash scripts/run.sh``), or a small UDLM this
+   script pretrains on the embedded corpus for ``--base-minutes`` (the demo's 8k BPE and recipe, 64-token
+   canvases).
+2. **Task** (:mod:`sumi.finetune.tasks`): reverse 3–5 words, sort 3–5 letters, answer from a three-sentence
+   passage; ``--train`` training chats and ``--heldout`` held-out ones (split by a hash of the instruction).
+3. **Fine-tuning**: ``sumi finetune`` twice, full and LoRA (rank ``--lora-rank`` on every attention and MLP
+   projection), both with ``finetune.prompt_drop`` so one model serves guided and unguided sampling. The two
+   runs go in parallel, one thread each (2 cores in all), each stopped by ``training.time_limit_minutes``.
+4. **Evaluation**: every held-out prompt on the fine-tuning canvas (prompt, reply budget, EOS/BOS anchor),
+   adaptive sampler at T = 0, exact match of the reply (cut at ``<|im_end|>``), at γ = 1 and ``--guidance``.
+
+Prints ONE JSON line. Wall time depends on what else runs on the machine: the line carries wall and CPU seconds
+and the load average, so a slow run on a shared machine is visible as such.
+
+Usage: nice -n 10 python bench/finetune_task.py [--base runs/demo/model] [--minutes 4] [--output runs/ft_task]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("reverse", "sort", "lookup")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base", default=None, help="base model directory (default: pretrain one here)")
+    p.add_argument("--base-minutes", type=float, default=2.0, help="pretraining budget when --base is not given")
+    p.add_argument("--output", default="runs/finetune_task")
+    p.add_argument("--train", type=int, default=6000, help="training chats")
+    p.add_argument("--heldout", type=int, default=150, help="held-out chats")
+    p.add_argument("--canvas", type=int, default=64, help="fine-tuning canvas length")
+    p.add_argument("--minutes", type=float, default=4.0, help="time limit of each fine-tuning run")
+    p.add_argument("--steps", type=int, default=400, help="planned optimizer steps of each run")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, full fine-tuning")
+    p.add_argument("--lora-lr", type=float, default=5e-3, help="peak learning rate, LoRA")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--prompt-drop", type=float, default=0.1)
+    p.add_argument("--guidance", type=float, default=1.5, help="the guidance scale γ compared with γ = 1")
+    p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per reply")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def pretrain_base(out: Path, minutes: float, seed: int) -> Path:
+    """A demo-sized UDLM on the embedded corpus, 64-token canvases (the demo's tokenizer and recipe)."""
+    from sumi.commands.demo import RECIPE, _shards, _tokenizer
+    from sumi.train import resolve_run_config, train
+
+    if (out / "model" / "config.json").is_file():
+        return out / "model"
+    tok = _tokenizer(out, 8192)
+    shards = _shards(out, tok, 64, seed)
+    cfg = resolve_run_config(RECIPE, [
+        f"data.shard_dir={shards}", f"training.output_dir={out}", f"training.seed={seed}",
+        "model.overrides.max_position_embeddings=64", "training.micro_batch_size=32", "training.steps=2000",
+        "schedule.warmup_steps=20", f"training.time_limit_minutes={minutes}", "training.progress=false",
+        "training.eval_every=0", "checkpoint.every=0"])
+    train(cfg, tokenizer=tok)
+    return out / "model"
+
+
+def write_task(out: Path, train: int, heldout: int, seed: int):
+    from sumi.finetune.tasks import generate_split
+
+    out.mkdir(parents=True, exist_ok=True)
+    train_examples = generate_split("train", train, seed=seed, kinds=KINDS)
+    held = generate_split("heldout", heldout, seed=seed, kinds=KINDS)
+    for name, examples in (("train", train_examples), ("heldout", held)):
+        with open(out / f"{name}.jsonl", "w") as f:
+            for e in examples:
+                f.write(json.dumps({"messages": e.messages(system=False)}) + "\n")
+    return held
+
+
+def finetune_command(args, base: Path, out: Path, lora: bool) -> list[str]:
+    lr = args.lora_lr if lora else args.lr
+    return [sys.executable, "-m", "sumi.cli", "finetune", f"model.init_from={base}",
+            f"finetune.data={out / 'train.jsonl'}", f"finetune.heldout_data={out / 'heldout.jsonl'}",
+            f"finetune.canvas_length={args.canvas}", f"finetune.prompt_drop={args.prompt_drop}",
+            f"lora.rank={args.lora_rank if lora else 0}", f"optimizer.lr={lr}", f"schedule.min_lr={lr / 10}",
+            "optimizer.weight_decay=0.0", "schedule.kind=wsd", "schedule.warmup_steps=20",
+            "schedule.decay_fraction=0.2", f"training.steps={args.steps}", f"training.micro_batch_size={args.batch}",
+            f"training.time_limit_minutes={args.minutes}", "training.device=cpu", "training.progress=false",
+            "training.eval_batches=2", "training.log_every=10", "checkpoint.every=0", f"training.seed={args.seed}",
+            f"training.output_dir={out / ('lora' if lora else 'full')}"]
+
+
+def run_finetunes(args, base: Path, out: Path) -> dict[str, dict]:
+    """Full and LoRA fine-tuning in parallel, one thread each; returns their last metrics and timings."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs = {}
+    for name, lora in (("full", False), ("lora", True)):
+        log = open(out / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(finetune_command(args, base, out, lora), cwd=ROOT, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT), log, time.perf_counter())
+    results = {}
+    for name, (proc, log, start) in procs.items():
+        code = proc.wait()
+        log.close()
+        if code != 0:
+            raise SystemExit(f"fine-tuning {name} failed (exit {code}); see {out / (name + '.log')}")
+        records = [json.loads(line) for line in open(out / name / "metrics.jsonl")]
+        losses = [r for r in records if "loss" in r]
+        held = [r["heldout_nelbo"] for r in records if "heldout_nelbo" in r]
+        results[name] = {"steps": losses[-1]["step"], "train_s": round(time.perf_counter() - start, 1),
+                         "final_loss": round(losses[-1]["loss"], 4),
+                         "heldout_response_nelbo": round(held[-1], 4) if held else None}
+    return results
+
+
+def evaluate(model, tok, examples, canvas: int, guidance: float, steps: int) -> dict:
+    """Exact match of the replies to held-out prompts (grouped by prompt length, so each row gets the
+    fine-tuning layout: budget C − P − 2, then the anchor)."""
+    from sumi.finetune.data import prompt_ids_of
+    from sumi.finetune.tasks import exact_match
+    from sumi.sampling import generate
+    from sumi.sampling.chat import reply_ids
+
+    groups: dict[int, list[int]] = {}
+    prompts = [prompt_ids_of(e.messages(system=False)[:-1], tok) for e in examples]
+    for i, ids in enumerate(prompts):
+        groups.setdefault(len(ids), []).append(i)
+    correct, by_kind = [False] * len(examples), {}
+    for length, rows in sorted(groups.items()):
+        out = generate(model, [prompts[i] for i in rows], max_new_tokens=canvas - length - 2, canvas_length=canvas,
+                       sampler="adaptive", temperature=0.0, num_denoising_steps=steps,
+                       tokens_per_step=max(1, -(-(canvas - length - 2) // steps)), seed=0, guidance_scale=guidance)
+        for i, seq in zip(rows, out.sequences):
+            reply = tok.decode(reply_ids(seq, tok), skip_special_tokens=True)
+            correct[i] = exact_match(reply, examples[i].answer)
+    for e, ok in zip(examples, correct):
+        by_kind.setdefault(e.kind, []).append(ok)
+    return {"exact_match": round(sum(correct) / len(correct), 4),
+            "by_kind": {k: round(sum(v) / len(v), 4) for k, v in by_kind.items()},
+            "sample": tok.decode(reply_ids(out.sequences[0], tok), skip_special_tokens=True)}
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    from sumi.checkpoint import load_model, resolve_model
+    from sumi.finetune.config import LoraSection
+    from sumi.finetune.lora import apply_lora, parameter_counts
+
+    torch.set_num_threads(2)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    out = Path(args.output)
+    base = Path(args.base) if args.base else pretrain_base(out / "base", args.base_minutes, args.seed)
+    base_s = time.perf_counter() - started
+    held = write_task(out, args.train, args.heldout, args.seed)
+    model, tok = resolve_model(base)
+    before = evaluate(model.eval(), tok, held, args.canvas, 1.0, args.eval_steps)
+    trainable, total = parameter_counts(apply_lora(load_model(base), LoraSection(rank=args.lora_rank)))
+    runs = run_finetunes(args, base, out)
+    result = {"bench": "finetune_task", "task": list(KINDS), "train_chats": args.train, "heldout_chats": args.heldout,
+              "canvas": args.canvas, "base": str(base), "base_s": round(base_s, 1),
+              "before": before["exact_match"]}
+    for name in ("full", "lora"):
+        tuned = load_model(out / name / "model").eval()
+        plain = evaluate(tuned, tok, held, args.canvas, 1.0, args.eval_steps)
+        guided = evaluate(tuned, tok, held, args.canvas, args.guidance, args.eval_steps)
+        result[name] = {"exact_match": plain["exact_match"], f"exact_match_guided_{args.guidance:g}":
+                        guided["exact_match"], "by_kind": plain["by_kind"], "by_kind_guided": guided["by_kind"],
+                        "trainable_share": 1.0 if name == "full" else round(trainable / total, 4),
+                        "sample": plain["sample"], **runs[name]}
+    result["lora"]["rank"] = args.lora_rank
+    result.update(guidance_scale=args.guidance, prompt_drop=args.prompt_drop, minutes_per_run=args.minutes,
+                  wall_s=round(time.perf_counter() - started, 1),
+                  cpu_s_main=round(time.process_time() - cpu_started, 1),
+                  load_avg_1m=round(os.getloadavg()[0], 2))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
