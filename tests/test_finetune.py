@@ -344,3 +344,15 @@ def test_chat_history_is_shortened_to_fit_the_canvas(tiny_tokenizer):
     assert len(short) < len(full) and tiny_tokenizer.decode(short).count("user") == 1
     with pytest.raises(InputError, match="does not fit a canvas of 12"):
         conversation_ids(long_history, tiny_tokenizer, 12)
+
+
+def test_lora_with_activation_checkpointing_gives_the_same_curve(tmp_path, tiny_model_dir, chat_file):
+    from sumi.finetune.run import build_finetune_trainer
+
+    def curve(name, *extra):
+        build_finetune_trainer(run_config(tmp_path / name, tiny_model_dir, chat_file, "lora.rank=2",
+                                          "training.steps=2", *extra)).fit()
+        return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
+
+    torch.testing.assert_close(curve("plain"), curve("ac", "training.activation_checkpointing=true"),
+                               rtol=1e-6, atol=1e-6)

@@ -30,13 +30,16 @@ def _peft():
     return peft
 
 
-def apply_lora(model: nn.Module, section: LoraSection) -> nn.Module:
+def apply_lora(model: nn.Module, section: LoraSection, seed: int = 0) -> nn.Module:
     """``model`` wrapped in a ``peft.PeftModel`` with fresh adapters (B = 0, so the output is unchanged);
-    every base weight is frozen and only the adapters train."""
+    every base weight is frozen and only the adapters train. The A matrices are drawn from ``seed`` (peft draws
+    them from torch's global RNG, which is left as it was), so a run is reproducible from its config."""
     peft = _peft()
     config = peft.LoraConfig(r=section.rank, lora_alpha=section.alpha, lora_dropout=section.dropout,
                              target_modules=list(section.targets), bias="none")
-    wrapped = peft.get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = peft.get_peft_model(model, config)
     trainable, total = parameter_counts(wrapped)
     logger.info("LoRA r=%d on %s: %d of %d parameters train (%.2f%%)", section.rank, ",".join(section.targets),
                 trainable, total, 100 * trainable / total)

@@ -139,6 +139,12 @@ _SAVED_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops
 AC_MODES = ("full", "selective")
 
 
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The blocks of a Sumi model, also when it is wrapped in LoRA adapters (``peft.PeftModel``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model.layers
+
+
 def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> None:
     """Recompute every block in backward (non-reentrant ``torch.utils.checkpoint``).
 
@@ -150,7 +156,7 @@ def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> None
     extra = {}
     if mode == "selective":
         extra["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)
-    for block in model.model.layers:
+    for block in transformer_blocks(model):
         inner = block.forward
 
         def forward(*args, _inner=inner, **kwargs):
@@ -216,12 +222,12 @@ def parallelize(model: nn.Module, env: DistEnv, layout: Layout | str = "none", *
         dp_mesh = mesh["dp_replicate", "dp_shard"] if layout.replicate > 1 else mesh["dp_shard"]
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params
                   else MixedPrecisionPolicy())
-        for block in model.model.layers:
+        for block in transformer_blocks(model):
             if compile:
                 block.compile()
             fully_shard(block, mesh=dp_mesh, mp_policy=policy)
         fully_shard(model, mesh=dp_mesh, mp_policy=policy)
-        logger.info("FSDP2: %d block units + root; mesh replicate %d × shard %d × tp %d%s", len(model.model.layers),
+        logger.info("FSDP2: %d block units + root; mesh replicate %d × shard %d × tp %d%s", len(transformer_blocks(model)),
                     layout.replicate, layout.shard, layout.tensor, ", bf16 params / fp32 reduce" if bf16_params
                     else "")
         return model

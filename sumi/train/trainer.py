@@ -171,7 +171,7 @@ class Trainer:
         if cfg.lora.enabled:  # base weights frozen, adapters trained (the optimizer sees trainable ones only)
             from sumi.finetune.lora import apply_lora
 
-            self.model = apply_lora(self.model, cfg.lora)
+            self.model = apply_lora(self.model, cfg.lora, seed=cfg.model.init_seed)
         self.module = parallelize(
             self.model, self.env, self.layout, compile=tc.compile,
             activation_checkpointing=tc.activation_checkpointing and tc.activation_checkpointing_mode,
