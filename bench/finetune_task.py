@@ -9,8 +9,9 @@ LoRA, with and without classifier-free guidance.
 3. **Fine-tuning**: ``sumi finetune`` twice, full and LoRA (rank ``--lora-rank`` on every attention and MLP
    projection), both with ``finetune.prompt_drop`` so one model serves guided and unguided sampling. The two
    runs go in parallel, one thread each (2 cores in all), each stopped by ``training.time_limit_minutes``.
-4. **Evaluation**: every held-out prompt on the fine-tuning canvas (prompt, reply budget, EOS/BOS anchor),
-   adaptive sampler at T = 0, exact match of the reply (cut at ``<|im_end|>``), at γ = 1 and ``--guidance``.
+4. **Evaluation** (in the same two processes): every held-out prompt on the fine-tuning canvas (prompt, reply
+   budget, EOS/BOS anchor), adaptive sampler at T = 0, exact match of the reply (cut at ``<|im_end|>``), at γ = 1
+   and at γ = ``--guidance``.
 
 Prints ONE JSON line. Wall time depends on what else runs on the machine: the line carries wall and CPU seconds
 and the load average, so a slow run on a shared machine is visible as such.
@@ -51,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=1.5, help="the guidance scale γ compared with γ = 1")
     p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per reply")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", choices=("full", "lora"), default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -85,39 +87,65 @@ def write_task(out: Path, train: int, heldout: int, seed: int):
     return held
 
 
-def finetune_command(args, base: Path, out: Path, lora: bool) -> list[str]:
+def finetune_overrides(args, base: Path, out: Path, lora: bool) -> list[str]:
     lr = args.lora_lr if lora else args.lr
-    return [sys.executable, "-m", "sumi.cli", "finetune", f"model.init_from={base}",
-            f"finetune.data={out / 'train.jsonl'}", f"finetune.heldout_data={out / 'heldout.jsonl'}",
-            f"finetune.canvas_length={args.canvas}", f"finetune.prompt_drop={args.prompt_drop}",
-            f"lora.rank={args.lora_rank if lora else 0}", f"optimizer.lr={lr}", f"schedule.min_lr={lr / 10}",
-            "optimizer.weight_decay=0.0", "schedule.kind=wsd", "schedule.warmup_steps=20",
-            "schedule.decay_fraction=0.2", f"training.steps={args.steps}", f"training.micro_batch_size={args.batch}",
-            f"training.time_limit_minutes={args.minutes}", "training.device=cpu", "training.progress=false",
-            "training.eval_batches=2", "training.log_every=10", "checkpoint.every=0", f"training.seed={args.seed}",
+    return [f"model.init_from={base}", f"finetune.data={out / 'train.jsonl'}",
+            f"finetune.heldout_data={out / 'heldout.jsonl'}", f"finetune.canvas_length={args.canvas}",
+            f"finetune.prompt_drop={args.prompt_drop}", f"lora.rank={args.lora_rank if lora else 0}",
+            f"optimizer.lr={lr}", f"schedule.min_lr={lr / 10}", "optimizer.weight_decay=0.0", "schedule.kind=wsd",
+            "schedule.warmup_steps=20", "schedule.decay_fraction=0.2", f"training.steps={args.steps}",
+            f"training.micro_batch_size={args.batch}", f"training.time_limit_minutes={args.minutes}",
+            "training.device=cpu", "training.progress=false", "training.eval_batches=2", "training.log_every=10",
+            "checkpoint.every=0", f"training.seed={args.seed}",
             f"training.output_dir={out / ('lora' if lora else 'full')}"]
 
 
-def run_finetunes(args, base: Path, out: Path) -> dict[str, dict]:
-    """Full and LoRA fine-tuning in parallel, one thread each; returns their last metrics and timings."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def worker(args) -> int:
+    """One fine-tuning run and its evaluation (a subprocess of :func:`main`, one thread): writes <name>.json."""
+    import torch
+
+    from sumi.checkpoint import load_model
+    from sumi.finetune.run import finetune
+    from sumi.finetune.tasks import generate_split
+    from sumi.train import resolve_run_config
+
+    torch.set_num_threads(1)
+    out, lora = Path(args.output), args.worker == "lora"
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = finetune(resolve_run_config(None, finetune_overrides(args, Path(args.base), out, lora)))
+    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    held = generate_split("heldout", args.heldout, seed=args.seed, kinds=KINDS)
+    model = load_model(result.model_dir).eval()
+    from sumi.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(result.model_dir)
+    plain = evaluate(model, tok, held, args.canvas, 1.0, args.eval_steps)
+    guided = evaluate(model, tok, held, args.canvas, args.guidance, args.eval_steps)
+    record = {"exact_match": plain["exact_match"], f"exact_match_guided_{args.guidance:g}": guided["exact_match"],
+              "by_kind": plain["by_kind"], "by_kind_guided": guided["by_kind"], "sample": plain["sample"],
+              "steps": result.steps, "final_loss": round(result.final_loss, 4),
+              "heldout_response_nelbo": round(result.heldout_nelbo, 4), "train_s": round(train_s, 1),
+              "train_cpu_s": round(train_cpu_s, 1), "eval_s": round(time.perf_counter() - start - train_s, 1)}
+    (out / f"{args.worker}.json").write_text(json.dumps(record))
+    return 0
+
+
+def run_workers(args, base: Path, out: Path) -> dict[str, dict]:
+    """Full and LoRA fine-tuning + evaluation in parallel, one thread each (2 cores in all)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     procs = {}
-    for name, lora in (("full", False), ("lora", True)):
+    for name in ("full", "lora"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--worker", name, "--base", str(base)]
         log = open(out / f"{name}.log", "w")
-        procs[name] = (subprocess.Popen(finetune_command(args, base, out, lora), cwd=ROOT, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT), log, time.perf_counter())
+        procs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     results = {}
-    for name, (proc, log, start) in procs.items():
+    for name, (proc, log) in procs.items():
         code = proc.wait()
         log.close()
         if code != 0:
             raise SystemExit(f"fine-tuning {name} failed (exit {code}); see {out / (name + '.log')}")
-        records = [json.loads(line) for line in open(out / name / "metrics.jsonl")]
-        losses = [r for r in records if "loss" in r]
-        held = [r["heldout_nelbo"] for r in records if "heldout_nelbo" in r]
-        results[name] = {"steps": losses[-1]["step"], "train_s": round(time.perf_counter() - start, 1),
-                         "final_loss": round(losses[-1]["loss"], 4),
-                         "heldout_response_nelbo": round(held[-1], 4) if held else None}
+        results[name] = json.loads((out / f"{name}.json").read_text())
     return results
 
 
@@ -151,6 +179,8 @@ def evaluate(model, tok, examples, canvas: int, guidance: float, steps: int) -> 
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.worker:
+        return worker(args)
     import torch
 
     from sumi.checkpoint import load_model, resolve_model
@@ -166,21 +196,13 @@ def main() -> int:
     model, tok = resolve_model(base)
     before = evaluate(model.eval(), tok, held, args.canvas, 1.0, args.eval_steps)
     trainable, total = parameter_counts(apply_lora(load_model(base), LoraSection(rank=args.lora_rank)))
-    runs = run_finetunes(args, base, out)
+    runs = run_workers(args, base, out)
     result = {"bench": "finetune_task", "task": list(KINDS), "train_chats": args.train, "heldout_chats": args.heldout,
               "canvas": args.canvas, "base": str(base), "base_s": round(base_s, 1),
-              "before": before["exact_match"]}
-    for name in ("full", "lora"):
-        tuned = load_model(out / name / "model").eval()
-        plain = evaluate(tuned, tok, held, args.canvas, 1.0, args.eval_steps)
-        guided = evaluate(tuned, tok, held, args.canvas, args.guidance, args.eval_steps)
-        result[name] = {"exact_match": plain["exact_match"], f"exact_match_guided_{args.guidance:g}":
-                        guided["exact_match"], "by_kind": plain["by_kind"], "by_kind_guided": guided["by_kind"],
-                        "trainable_share": 1.0 if name == "full" else round(trainable / total, 4),
-                        "sample": plain["sample"], **runs[name]}
-    result["lora"]["rank"] = args.lora_rank
-    result.update(guidance_scale=args.guidance, prompt_drop=args.prompt_drop, minutes_per_run=args.minutes,
-                  wall_s=round(time.perf_counter() - started, 1),
+              "before": before["exact_match"], "full": {**runs["full"], "trainable_share": 1.0},
+              "lora": {**runs["lora"], "trainable_share": round(trainable / total, 4), "rank": args.lora_rank}}
+    result.update(guidance_scale=args.guidance, prompt_drop=args.prompt_drop, steps_planned=args.steps,
+                  minutes_limit_per_run=args.minutes, wall_s=round(time.perf_counter() - started, 1),
                   cpu_s_main=round(time.process_time() - cpu_started, 1),
                   load_avg_1m=round(os.getloadavg()[0], 2))
     print(json.dumps(result))
