@@ -227,9 +227,9 @@ def parallelize(model: nn.Module, env: DistEnv, layout: Layout | str = "none", *
                 block.compile()
             fully_shard(block, mesh=dp_mesh, mp_policy=policy)
         fully_shard(model, mesh=dp_mesh, mp_policy=policy)
-        logger.info("FSDP2: %d block units + root; mesh replicate %d × shard %d × tp %d%s", len(transformer_blocks(model)),
-                    layout.replicate, layout.shard, layout.tensor, ", bf16 params / fp32 reduce" if bf16_params
-                    else "")
+        logger.info("FSDP2: %d block units + root; mesh replicate %d × shard %d × tp %d%s",
+                    len(transformer_blocks(model)), layout.replicate, layout.shard, layout.tensor,
+                    ", bf16 params / fp32 reduce" if bf16_params else "")
         return model
     if bf16_params:
         raise ConfigError("bf16 parameters (MixedPrecisionPolicy) need training.parallelism=fsdp; "
