@@ -9,9 +9,9 @@ LoRA, with and without classifier-free guidance.
 3. **Fine-tuning**: ``sumi finetune`` twice, full and LoRA (rank ``--lora-rank`` on every attention and MLP
    projection), both with ``finetune.prompt_drop`` so one model serves guided and unguided sampling. The two
    runs go in parallel, one thread each (2 cores in all), each stopped by ``training.time_limit_minutes``.
-4. **Evaluation** (in the same two processes): every held-out prompt on the fine-tuning canvas (prompt, reply
-   budget, EOS/BOS anchor), adaptive sampler at T = 0, exact match of the reply (cut at ``<|im_end|>``), at γ = 1
-   and at γ = ``--guidance``.
+4. **Evaluation** (in the same two processes): every held-out prompt on the fine-tuning layout (prompt,
+   ``--budget`` reply positions, EOS/BOS anchor), adaptive sampler at T = 0, exact match of the reply (cut at
+   ``<|im_end|>``), at γ = 1 and at γ = ``--guidance``.
 
 Prints ONE JSON line. Wall time depends on what else runs on the machine: the line carries wall and CPU seconds
 and the load average, so a slow run on a shared machine is visible as such.
@@ -42,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train", type=int, default=6000, help="training chats")
     p.add_argument("--heldout", type=int, default=150, help="held-out chats")
     p.add_argument("--canvas", type=int, default=64, help="fine-tuning canvas length")
+    p.add_argument("--budget", type=int, default=12, help="reply budget (finetune.response_budget, max_new_tokens)")
     p.add_argument("--minutes", type=float, default=4.0, help="time limit of each fine-tuning run")
     p.add_argument("--steps", type=int, default=400, help="planned optimizer steps of each run")
     p.add_argument("--batch", type=int, default=16)
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--prompt-drop", type=float, default=0.1)
     p.add_argument("--guidance", type=float, default=1.5, help="the guidance scale γ compared with γ = 1")
-    p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per reply")
+    p.add_argument("--eval-steps", type=int, default=12, help="denoising steps per reply")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", choices=("full", "lora"), default=None, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -91,9 +92,11 @@ def finetune_overrides(args, base: Path, out: Path, lora: bool) -> list[str]:
     lr = args.lora_lr if lora else args.lr
     return [f"model.init_from={base}", f"finetune.data={out / 'train.jsonl'}",
             f"finetune.heldout_data={out / 'heldout.jsonl'}", f"finetune.canvas_length={args.canvas}",
+            f"finetune.response_budget={args.budget}",
             f"finetune.prompt_drop={args.prompt_drop}", f"lora.rank={args.lora_rank if lora else 0}",
             f"optimizer.lr={lr}", f"schedule.min_lr={lr / 10}", "optimizer.weight_decay=0.0", "schedule.kind=wsd",
-            "schedule.warmup_steps=20", "schedule.decay_fraction=0.2", f"training.steps={args.steps}",
+            f"schedule.warmup_steps={min(20, args.steps // 10)}", "schedule.decay_fraction=0.2",
+            f"training.steps={args.steps}",
             f"training.micro_batch_size={args.batch}", f"training.time_limit_minutes={args.minutes}",
             "training.device=cpu", "training.progress=false", "training.eval_batches=2", "training.log_every=10",
             "checkpoint.every=0", f"training.seed={args.seed}",
@@ -119,10 +122,10 @@ def worker(args) -> int:
     from sumi.tokenizer import load_tokenizer
 
     tok = load_tokenizer(result.model_dir)
-    plain = evaluate(model, tok, held, args.canvas, 1.0, args.eval_steps)
-    guided = evaluate(model, tok, held, args.canvas, args.guidance, args.eval_steps)
+    plain = evaluate(model, tok, held, args.budget, 1.0, args.eval_steps)
+    guided = evaluate(model, tok, held, args.budget, args.guidance, args.eval_steps)
     record = {"exact_match": plain["exact_match"], f"exact_match_guided_{args.guidance:g}": guided["exact_match"],
-              "by_kind": plain["by_kind"], "by_kind_guided": guided["by_kind"], "sample": plain["sample"],
+              "by_kind": plain["by_kind"], "by_kind_guided": guided["by_kind"], "samples": plain["samples"],
               "steps": result.steps, "final_loss": round(result.final_loss, 4),
               "heldout_response_nelbo": round(result.heldout_nelbo, 4), "train_s": round(train_s, 1),
               "train_cpu_s": round(train_cpu_s, 1), "eval_s": round(time.perf_counter() - start - train_s, 1)}
@@ -149,9 +152,9 @@ def run_workers(args, base: Path, out: Path) -> dict[str, dict]:
     return results
 
 
-def evaluate(model, tok, examples, canvas: int, guidance: float, steps: int) -> dict:
-    """Exact match of the replies to held-out prompts (grouped by prompt length, so each row gets the
-    fine-tuning layout: budget C − P − 2, then the anchor)."""
+def evaluate(model, tok, examples, budget: int, guidance: float, steps: int) -> dict:
+    """Exact match of the replies to held-out prompts. Prompts are batched by length, so every row's canvas is
+    exactly the fine-tuning layout (prompt, ``budget`` reply positions, EOS/BOS anchor; no tail)."""
     from sumi.finetune.data import prompt_ids_of
     from sumi.finetune.tasks import exact_match
     from sumi.sampling import generate
@@ -161,19 +164,19 @@ def evaluate(model, tok, examples, canvas: int, guidance: float, steps: int) -> 
     prompts = [prompt_ids_of(e.messages(system=False)[:-1], tok) for e in examples]
     for i, ids in enumerate(prompts):
         groups.setdefault(len(ids), []).append(i)
-    correct, by_kind = [False] * len(examples), {}
-    for length, rows in sorted(groups.items()):
-        out = generate(model, [prompts[i] for i in rows], max_new_tokens=canvas - length - 2, canvas_length=canvas,
-                       sampler="adaptive", temperature=0.0, num_denoising_steps=steps,
-                       tokens_per_step=max(1, -(-(canvas - length - 2) // steps)), seed=0, guidance_scale=guidance)
+    correct, replies, by_kind = [False] * len(examples), [""] * len(examples), {}
+    for rows in groups.values():
+        out = generate(model, [prompts[i] for i in rows], max_new_tokens=budget, canvas_length=None,
+                       fit_canvas=True, sampler="adaptive", temperature=0.0, num_denoising_steps=steps,
+                       tokens_per_step=max(1, -(-budget // steps)), seed=0, guidance_scale=guidance)
         for i, seq in zip(rows, out.sequences):
-            reply = tok.decode(reply_ids(seq, tok), skip_special_tokens=True)
-            correct[i] = exact_match(reply, examples[i].answer)
+            replies[i] = tok.decode(reply_ids(seq, tok), skip_special_tokens=True)
+            correct[i] = exact_match(replies[i], examples[i].answer)
     for e, ok in zip(examples, correct):
         by_kind.setdefault(e.kind, []).append(ok)
     return {"exact_match": round(sum(correct) / len(correct), 4),
             "by_kind": {k: round(sum(v) / len(v), 4) for k, v in by_kind.items()},
-            "sample": tok.decode(reply_ids(out.sequences[0], tok), skip_special_tokens=True)}
+            "samples": [f"{e.prompt} -> {r!r}" for e, r in list(zip(examples, replies))[:3]]}
 
 
 def main() -> int:
@@ -194,11 +197,11 @@ def main() -> int:
     base_s = time.perf_counter() - started
     held = write_task(out, args.train, args.heldout, args.seed)
     model, tok = resolve_model(base)
-    before = evaluate(model.eval(), tok, held, args.canvas, 1.0, args.eval_steps)
+    before = evaluate(model.eval(), tok, held, args.budget, 1.0, args.eval_steps)
     trainable, total = parameter_counts(apply_lora(load_model(base), LoraSection(rank=args.lora_rank)))
     runs = run_workers(args, base, out)
     result = {"bench": "finetune_task", "task": list(KINDS), "train_chats": args.train, "heldout_chats": args.heldout,
-              "canvas": args.canvas, "base": str(base), "base_s": round(base_s, 1),
+              "canvas": args.canvas, "budget": args.budget, "base": str(base), "base_s": round(base_s, 1),
               "before": before["exact_match"], "full": {**runs["full"], "trainable_share": 1.0},
               "lora": {**runs["lora"], "trainable_share": round(trainable / total, 4), "rank": args.lora_rank}}
     result.update(guidance_scale=args.guidance, prompt_drop=args.prompt_drop, steps_planned=args.steps,

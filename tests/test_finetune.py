@@ -72,24 +72,34 @@ def test_prompt_response_pairs_equal_their_chat_form(tiny_tokenizer):
 
 
 def test_canvas_layout_matches_generate():
-    example = SFTExample(prompt_ids=[0, 5, 6], response_ids=[7, 8])
-    ids, target = canvas_of(example, 10, eos_id=1, bos_id=0)
-    assert ids == [0, 5, 6, 7, 8, 1, 1, 1, 1, 0]
-    assert target == [False] * 3 + [True] * 5 + [False] * 2
     from sumi.sampling.canvas import plan_canvas
 
+    example = SFTExample(prompt_ids=[0, 5, 6], response_ids=[7, 8])
+    ids, target, attend = canvas_of(example, 10, eos_id=1, bos_id=0, pad_id=2)
+    assert ids == [0, 5, 6, 7, 8, 1, 1, 1, 1, 0]
+    assert target == [False] * 3 + [True] * 5 + [False] * 2 and all(attend)
     # generate() with max_new_tokens = C - P - 2 freezes exactly the non-target positions, with the same ids.
     plan = plan_canvas([[0, 5, 6]], vocab_size=16, max_positions=10, bos_id=0, eos_id=1, max_new_tokens=5,
                        canvas_length=10)
     assert plan.frozen_mask[0].tolist() == [not t for t in target]
     assert plan.canvas[0][plan.frozen_mask[0]].tolist() == [i for i, t in zip(ids, target) if not t]
+    # A response budget B: the attended part is the canvas generate() fits to the prompt with max_new_tokens = B.
+    ids, target, attend = canvas_of(example, 12, eos_id=1, bos_id=0, pad_id=2, response_budget=3)
+    assert ids == [0, 5, 6, 7, 8, 1, 1, 0, 2, 2, 2, 2] and attend == [True] * 8 + [False] * 4
+    assert target == [False] * 3 + [True] * 3 + [False] * 6
+    plan = plan_canvas([[0, 5, 6]], vocab_size=16, max_positions=12, bos_id=0, eos_id=1, max_new_tokens=3,
+                       fit_canvas=True)
+    assert plan.canvas.shape[1] == sum(attend)
+    assert plan.frozen_mask[0].tolist() == [not t for t, a in zip(target, attend) if a]
 
 
 def test_too_long_is_an_error_unless_truncated():
     example = SFTExample(prompt_ids=[0, 5, 6], response_ids=[7, 8, 9, 10, 11, 12])
-    with pytest.raises(InputError, match="do not fit the canvas of 8.*finetune.truncate=true"):
+    with pytest.raises(InputError, match="chats.jsonl:4: the response .6 tokens. does not fit the canvas of 8"):
         canvas_of(example, 8, eos_id=1, bos_id=0, where="chats.jsonl:4: ")
-    ids, target = canvas_of(example, 8, eos_id=1, bos_id=0, truncate=True)
+    with pytest.raises(InputError, match="does not fit the response budget of 4.*finetune.truncate=true"):
+        canvas_of(example, 16, eos_id=1, bos_id=0, response_budget=4)
+    ids, target, _ = canvas_of(example, 8, eos_id=1, bos_id=0, truncate=True)
     assert ids == [0, 5, 6, 7, 8, 9, 1, 0] and sum(target) == 3
     with pytest.raises(InputError, match="no room for a response"):
         canvas_of(SFTExample(list(range(7)), [1]), 8, eos_id=1, bos_id=0, truncate=True)
@@ -115,19 +125,23 @@ def test_loader_is_resumable_and_covers_an_epoch():
 
 
 # ---------------------------------------------------------------------------------------------- the loss
-def test_prompt_positions_are_clean_and_never_targets(tmp_path, tiny_model_dir, chat_file):
-    """The loss's gradient w.r.t. the logits of prompt (and anchor) positions is exactly zero, and inputs there
-    are the clean ids; the response positions carry all of the gradient."""
+@pytest.mark.parametrize("budget", [0, 24])
+def test_prompt_positions_are_clean_and_never_targets(tmp_path, tiny_model_dir, chat_file, budget):
+    """The loss's gradient w.r.t. the logits of prompt, anchor (and padding) positions is exactly zero, and inputs
+    there are the clean ids; the response positions carry all of the gradient."""
     from sumi.finetune.run import build_finetune_trainer
 
-    trainer = build_finetune_trainer(run_config(tmp_path, tiny_model_dir, chat_file))
+    trainer = build_finetune_trainer(run_config(tmp_path, tiny_model_dir, chat_file,
+                                                f"finetune.response_budget={budget}"))
     batch = next(trainer.train_loader)
     z, t, labels = trainer.make_inputs(batch, (0, 0, 0))
     target = batch.target_mask
     assert torch.equal(labels == IGNORE_INDEX, ~target)
     assert torch.equal(z[~target], batch.input_ids[~target])  # prompt and anchor unchanged
     assert bool((z[target] != batch.input_ids[target]).any())  # responses are noised
-    logits = trainer.model(z).logits.detach().requires_grad_(True)
+    keys = trainer.key_mask(batch)
+    assert (keys is not None and not bool(keys.all())) == (budget > 0)  # padding after the anchor is masked
+    logits = trainer.model(z, attention_mask=keys).logits.detach().requires_grad_(True)
     loss, _ = sumi_loss(logits, z, labels, t)
     loss.backward()
     grad = logits.grad.abs().sum(-1)
@@ -167,7 +181,7 @@ def test_finetune_resume_reproduces_the_uninterrupted_curve_bitwise(tmp_path, ti
 
     def run(name):
         return run_config(tmp_path / name, tiny_model_dir, chat_file, "training.steps=6", "checkpoint.every=3",
-                          "finetune.prompt_drop=0.3")
+                          "finetune.prompt_drop=0.3", "finetune.response_budget=24")
 
     build_finetune_trainer(run("full")).fit()
     build_finetune_trainer(run("cut")).fit()
@@ -192,7 +206,7 @@ def test_finetune_needs_data_and_a_base_model(tmp_path, tiny_model_dir, chat_fil
         build_finetune_trainer(run_config(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl"))
     with pytest.raises(ConfigError, match="offline"):
         build_finetune_trainer(run_config(tmp_path, tiny_model_dir, "{type: hf, dataset: some/chats}"))
-    with pytest.raises(InputError, match=r"chats.jsonl:1: prompt \(38 tokens\) \+ response \(15\).*canvas of 48"):
+    with pytest.raises(InputError, match=r"chats.jsonl:1: the response \(15 tokens\) does not fit the canvas of 48"):
         build_finetune_trainer(run_config(tmp_path, tiny_model_dir, chat_file, "finetune.canvas_length=48"))
 
 

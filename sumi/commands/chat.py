@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="a system message starting the conversation")
     parser.add_argument("--canvas-length", type=int, default=256,
                         help="canvas C (default 256; use the finetune.canvas_length the model was tuned with)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="reply budget (use the finetune.response_budget the model was tuned with; default: "
+                             "up to the end of the canvas)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per reply position)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="adaptive")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = argmax (default)")
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         messages.append({"role": "user", "content": text})
         answer = chat_reply(model, tokenizer, messages, config, canvas_length=args.canvas_length,
+                            max_new_tokens=args.max_new_tokens,
                             on_step=show if stream else None)
         if args.json:
             print(json.dumps({"reply": answer}, ensure_ascii=False), flush=True)

@@ -33,6 +33,10 @@ class FinetuneSection:
     canvas_length: int = 256
     """Length C of every fine-tuning canvas (prompt + response + EOS fill + the EOS/BOS anchor); generate with
     the same ``canvas_length`` and ``max_new_tokens = C − prompt − 2`` to match training."""
+    response_budget: int = 0
+    """New-token budget B of every example (what ``max_new_tokens`` is at generation): the response, EOS fill up
+    to B positions, then the EOS/BOS anchor; the rest of the canvas is padding that no position attends to.
+    0 = fill to the canvas end (B = C − P − 2). A short budget keeps most targets on the response."""
     truncate: bool = False
     """Cut responses that do not fit the canvas (instead of an error naming the example)."""
     prompt_drop: float = 0.0
@@ -48,6 +52,8 @@ class FinetuneSection:
         _need(0.0 < self.heldout_fraction < 1.0,
               f"finetune.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
         _need(self.canvas_length >= 4, f"finetune.canvas_length must be >= 4, got {self.canvas_length}")
+        _need(self.response_budget >= 0, f"finetune.response_budget must be >= 0 (0 = to the canvas end), got "
+              f"{self.response_budget}")
         _need(0.0 <= self.prompt_drop < 1.0, f"finetune.prompt_drop must lie in [0, 1), got {self.prompt_drop}")
         _need(self.max_examples >= 0, f"finetune.max_examples must be >= 0 (0 = all), got {self.max_examples}")
 

@@ -7,16 +7,18 @@ assistant turn becomes one example: the conversation up to that turn's header is
 content and its closing ``<|im_end|>`` are the **response**.
 
 The canvas of an example lays tokens out exactly as :func:`sumi.sampling.generate` does for that prompt with
-``max_new_tokens = C − P − 2`` on a canvas of C (``sumi-model.md`` §4)::
+``max_new_tokens = B`` (``sumi-model.md`` §4), B the response budget (``finetune.response_budget``, or all of
+the canvas: B = C − P − 2)::
 
-    position  0 … P−1      P … P+R−1        P+R … C−3         C−2   C−1
-              prompt       response         EOS fill          EOS   BOS     (the anchor)
-    target    no           yes              yes               no    no
+    position  0 … P−1      P … P+R−1        P+R … P+B−1       P+B   P+B+1   P+B+2 … C−1
+              prompt       response         EOS fill          EOS   BOS     PAD (no position attends to it)
+    target    no           yes              yes               no    no      no
 
 Only target positions are noised and scored; the prompt and the anchor stay clean, as they are frozen at
 generation. The fill after the response is EOS, scored like any other token (as LLaDA's SFT does), so the model
-learns to end its answer and generation cuts at the first EOS or ``<|im_end|>``. Every canvas has the same
-length, so no padding or key mask is needed and no two conversations share a canvas.
+learns to end its answer and generation cuts at the first EOS or ``<|im_end|>``. The padding after the anchor is
+masked out of attention (``attention_mask``), so every real position sees exactly the canvas ``generate`` builds
+for this prompt and budget (``fit_canvas``), and no two conversations share a canvas.
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ class SFTExample:
 
 @dataclass
 class SFTBatch:
-    """A batch of SFT canvases, all [B, C]: clean ids and the positions that are noised and scored."""
+    """A batch of SFT canvases, all [B, C]: clean ids, the positions that are noised and scored, and the key mask
+    (False = padding after the anchor, which no position attends to)."""
 
     input_ids: torch.Tensor
     target_mask: torch.Tensor
+    attention_mask: torch.Tensor | None = None
 
     @property
     def prompt_mask(self) -> torch.Tensor:
@@ -158,61 +162,74 @@ def prompt_ids_of(messages: list[dict[str, str]], tokenizer) -> list[int]:
     return encode_chat(messages, tokenizer, add_generation_prompt=True).input_ids
 
 
-def canvas_of(example: SFTExample, canvas_length: int, *, eos_id: int, bos_id: int, truncate: bool = False,
-              where: str = "") -> tuple[list[int], list[bool]]:
-    """(ids [C], target [C]) of an example in the layout of the module docstring.
+def canvas_of(example: SFTExample, canvas_length: int, *, eos_id: int, bos_id: int, pad_id: int = 0,
+              response_budget: int = 0, truncate: bool = False, where: str = ""
+              ) -> tuple[list[int], list[bool], list[bool]]:
+    """(ids [C], target [C], attend [C]) of an example in the layout of the module docstring.
 
-    A prompt and response that do not fit (P + R + 2 > C) raise :class:`InputError`, unless ``truncate``: then
-    the response is cut to fit (the prompt never is: a prompt of C − 2 tokens or more is always an error).
+    A response longer than the budget (or than the canvas allows) raises :class:`InputError`, unless
+    ``truncate``: then it is cut to fit. The prompt is never cut: one that leaves no room is always an error.
     """
     p, r = len(example.prompt_ids), len(example.response_ids)
     room = canvas_length - ANCHOR_LENGTH - p
-    if room < 1:
-        raise InputError(f"{where}the prompt has {p} tokens, which leaves no room for a response on a canvas of "
-                         f"{canvas_length}; raise finetune.canvas_length or shorten the conversation")
+    budget = min(response_budget, room) if response_budget else room
+    if room < 1 or (response_budget and room < response_budget):
+        raise InputError(f"{where}the prompt has {p} tokens, which leaves no room for a response budget of "
+                         f"{response_budget or 1} on a canvas of {canvas_length}; raise finetune.canvas_length or "
+                         "shorten the conversation")
     response = example.response_ids
-    if r > room:
+    if r > budget:
         if not truncate:
-            raise InputError(f"{where}prompt ({p} tokens) + response ({r}) + the EOS/BOS anchor do not fit the "
-                             f"canvas of {canvas_length}; raise finetune.canvas_length, shorten the data, or set "
-                             "finetune.truncate=true to cut long responses")
-        response = response[:room]
-    fill = room - len(response)
-    ids = example.prompt_ids + response + [eos_id] * fill + [eos_id, bos_id]
-    target = [False] * p + [True] * room + [False] * ANCHOR_LENGTH
-    return ids, target
+            limit = (f"the response budget of {response_budget}" if response_budget else
+                     f"the canvas of {canvas_length} with the prompt ({p} tokens) and the EOS/BOS anchor")
+            raise InputError(f"{where}the response ({r} tokens) does not fit {limit}; raise finetune.canvas_length"
+                             " or finetune.response_budget, shorten the data, or set finetune.truncate=true")
+        response = response[:budget]
+    pad = canvas_length - p - budget - ANCHOR_LENGTH
+    ids = example.prompt_ids + response + [eos_id] * (budget - len(response)) + [eos_id, bos_id] + [pad_id] * pad
+    target = [False] * p + [True] * budget + [False] * (ANCHOR_LENGTH + pad)
+    attend = [True] * (canvas_length - pad) + [False] * pad
+    return ids, target, attend
 
 
 class SFTDataset:
-    """All SFT canvases of a source, rendered once: ``input_ids`` and ``target_mask`` [N, C]."""
+    """All SFT canvases of a source, rendered once: ``input_ids``, ``target_mask``, ``attention_mask`` [N, C]."""
 
-    def __init__(self, input_ids: torch.Tensor, target_mask: torch.Tensor) -> None:
+    def __init__(self, input_ids: torch.Tensor, target_mask: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> None:
         self.input_ids = input_ids
         self.target_mask = target_mask
+        self.attention_mask = torch.ones_like(target_mask) if attention_mask is None else attention_mask
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[str, dict]], tokenizer, canvas_length: int, *,
-                     truncate: bool = False, limit: int = 0) -> SFTDataset:
+                     response_budget: int = 0, truncate: bool = False, limit: int = 0) -> SFTDataset:
         """Render records (``(location, record)`` pairs) into canvases; ``limit`` > 0 keeps the first ones."""
-        rows, targets, truncated = [], [], 0
+        rows, targets, attends, truncated = [], [], [], 0
         for where, record in records:
             for example in examples_of(messages_of(record, where), tokenizer):
-                ids, target = canvas_of(example, canvas_length, eos_id=tokenizer.eos_token_id,
-                                        bos_id=tokenizer.bos_token_id, truncate=truncate, where=f"{where}: ")
-                truncated += len(example.prompt_ids) + len(example.response_ids) + ANCHOR_LENGTH > canvas_length
+                ids, target, attend = canvas_of(
+                    example, canvas_length, eos_id=tokenizer.eos_token_id, bos_id=tokenizer.bos_token_id,
+                    pad_id=tokenizer.pad_token_id, response_budget=response_budget, truncate=truncate,
+                    where=f"{where}: ")
+                truncated += len(example.response_ids) > sum(target)
                 rows.append(ids)
                 targets.append(target)
+                attends.append(attend)
             if limit and len(rows) >= limit:
                 break
         if not rows:
             raise InputError("the fine-tuning data holds no assistant turns")
         if truncated:
-            logger.warning("%d of %d responses were cut to fit the canvas of %d", truncated, len(rows),
-                           canvas_length)
-        return cls(torch.tensor(rows, dtype=torch.long), torch.tensor(targets, dtype=torch.bool))
+            logger.warning("%d of %d responses were cut to fit", truncated, len(rows))
+        return cls(torch.tensor(rows, dtype=torch.long), torch.tensor(targets, dtype=torch.bool),
+                   torch.tensor(attends, dtype=torch.bool))
+
+    def subset(self, rows: torch.Tensor) -> SFTDataset:
+        return SFTDataset(self.input_ids[rows], self.target_mask[rows], self.attention_mask[rows])
 
     def split(self, heldout_fraction: float, seed: int) -> tuple[SFTDataset, SFTDataset]:
         """(train, held-out): a seeded random share of the canvases (at least one) is held out."""
@@ -222,9 +239,7 @@ class SFTDataset:
             raise InputError(f"{n} fine-tuning examples are too few to hold out {count}; add data or give "
                              "finetune.heldout_data")
         order = torch.from_numpy(np.random.default_rng([seed, 7]).permutation(n))
-        held, train = order[:count].sort().values, order[count:].sort().values
-        return (SFTDataset(self.input_ids[train], self.target_mask[train]),
-                SFTDataset(self.input_ids[held], self.target_mask[held]))
+        return self.subset(order[count:].sort().values), self.subset(order[:count].sort().values)
 
 
 class SFTLoader:
@@ -261,7 +276,8 @@ class SFTLoader:
         start = self.step * self.global_batch + self.rank * self.batch_size
         rows = torch.from_numpy(order[np.arange(start, start + self.batch_size) % n])
         self.step += 1
-        return SFTBatch(self.dataset.input_ids[rows], self.dataset.target_mask[rows])
+        return SFTBatch(self.dataset.input_ids[rows], self.dataset.target_mask[rows],
+                        self.dataset.attention_mask[rows])
 
     def state_dict(self) -> dict:
         """The read position (the same on every rank: positions are global)."""

@@ -55,7 +55,8 @@ def sft_datasets(cfg: RunConfig, tokenizer) -> tuple[SFTDataset, SFTDataset]:
     if ft.canvas_length > cfg.model.build().max_position_embeddings:
         raise ConfigError(f"finetune.canvas_length={ft.canvas_length} exceeds the base model's "
                           f"max_position_embeddings={cfg.model.build().max_position_embeddings}")
-    render = dict(tokenizer=tokenizer, canvas_length=ft.canvas_length, truncate=ft.truncate)
+    render = dict(tokenizer=tokenizer, canvas_length=ft.canvas_length, response_budget=ft.response_budget,
+                  truncate=ft.truncate)
     train = SFTDataset.from_records(read_records(ft.data), limit=ft.max_examples, **render)
     if ft.heldout_data:
         return train, SFTDataset.from_records(read_records(ft.heldout_data), **render)

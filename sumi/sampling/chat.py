@@ -46,13 +46,16 @@ def reply_ids(sequence: list[int], tokenizer) -> list[int]:
 
 
 def chat_reply(model: torch.nn.Module, tokenizer, messages: Sequence[Mapping], config: SamplingConfig | None = None,
-               *, canvas_length: int = 256, on_step: Callable[[str], None] | None = None, **overrides) -> str:
+               *, canvas_length: int = 256, max_new_tokens: int | None = None,
+               on_step: Callable[[str], None] | None = None, **overrides) -> str:
     """The assistant's next turn as text.
 
     Args:
         messages: ``[{"role": ..., "content": ...}, ...]`` ending with the user's turn.
         config / overrides: sampling options (``max_new_tokens`` and ``canvas_length`` are set here).
         canvas_length: C, best the ``finetune.canvas_length`` the model was tuned with.
+        max_new_tokens: the reply budget B (``finetune.response_budget`` of the tuning; the canvas is then fitted
+            to prompt + B + anchor), or None: every position up to the anchor at the end of the canvas.
         on_step: called after every denoising step with the reply as it currently reads (streaming).
     """
     from sumi.sampling import generate
@@ -60,6 +63,9 @@ def chat_reply(model: torch.nn.Module, tokenizer, messages: Sequence[Mapping], c
     canvas_length = min(canvas_length, model.config.max_position_embeddings)
     ids = conversation_ids(messages, tokenizer, canvas_length)
     budget = canvas_length - len(ids) - 2
+    if max_new_tokens is not None:
+        budget = min(budget, max_new_tokens)
+        canvas_length = len(ids) + budget + 2
     callback = None
     if on_step is not None:
         eos = model.config.eos_token_id

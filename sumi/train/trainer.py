@@ -297,11 +297,18 @@ class Trainer:
             return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _forward(self, z: torch.Tensor, t: torch.Tensor | None, x: torch.Tensor) -> SumiOutput:
+    def key_mask(self, batch: torch.Tensor | SFTBatch) -> torch.Tensor | None:
+        """[B, S] keys to attend to (a fine-tuning batch's padding after the anchor is masked), or None."""
+        if isinstance(batch, SFTBatch) and batch.attention_mask is not None:
+            return batch.attention_mask.to(self.env.device, non_blocking=True)
+        return None
+
+    def _forward(self, z: torch.Tensor, t: torch.Tensor | None, x: torch.Tensor,
+                 key_mask: torch.Tensor | None = None) -> SumiOutput:
         with self._autocast():
             if self.causal or self.cfg.training.fused_loss:
-                return self.module(z, labels=x, t=t, validate=False)
-            logits = self.module(z, validate=False).logits
+                return self.module(z, attention_mask=key_mask, labels=x, t=t, validate=False)
+            logits = self.module(z, attention_mask=key_mask, validate=False).logits
         c = self.model_config
         loss, metrics = sumi_loss_reference(logits, z, x, t, beta_is=c.uniform_diffusion_beta_is,
                                             z_loss=c.uniform_diffusion_z_loss_strength, vocab_size=c.vocab_size)
@@ -321,11 +328,12 @@ class Trainer:
         lr = self.scheduler.apply()
         sums = torch.zeros(len(LOSS_KEYS), device=self.env.device)
         for micro in range(self.grad_accum_steps):
-            z, t, x = self.make_inputs(self._next_batch(), (self.cfg.training.seed, self.step, micro))
+            batch = self._next_batch()
+            z, t, x = self.make_inputs(batch, (self.cfg.training.seed, self.step, micro))
             last = micro == self.grad_accum_steps - 1
             sync = nullcontext() if (last or self.parallelism != "ddp") else self.module.no_sync()
             with sync:
-                out = self._forward(z, t, x)
+                out = self._forward(z, t, x, self.key_mask(batch))
                 (out.loss / self.grad_accum_steps).backward()
             metrics = out.metrics
             sums += torch.stack([out.loss.detach().float()] + [
@@ -373,9 +381,9 @@ class Trainer:
         totals = torch.zeros(2, dtype=torch.float64, device=self.env.device)
         num_batches = min(tc.eval_batches, getattr(loader, "steps_per_epoch", tc.eval_batches))
         for index in range(num_batches):
-            z, t, x = self.make_inputs(next(loader), (tc.eval_seed, index), per_token_fraction=0.0,
-                                       prompt_drop=0.0)
-            out = self._forward(z, t, x)
+            batch = next(loader)
+            z, t, x = self.make_inputs(batch, (tc.eval_seed, index), per_token_fraction=0.0, prompt_drop=0.0)
+            out = self._forward(z, t, x, self.key_mask(batch))
             tokens = out.metrics["tokens"].double()
             totals += torch.stack([out.metrics["elbo"].double() * tokens, tokens])
         if self.env.distributed:
