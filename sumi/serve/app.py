@@ -14,6 +14,7 @@ and ``finish_reason``; an optional usage chunk; and ``data: [DONE]``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -34,6 +35,7 @@ from sumi.serve.protocol import (
     now,
     parse_completion_request,
 )
+from sumi.serve.security import LOOPBACK_HOSTS, HostAllowList, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class ServeConfig:
     max_queue: int = 256
     """Most queued requests before answering 503."""
     limits: Limits = field(default_factory=Limits)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    """``Host`` header names answered (others get 400: DNS-rebinding protection); ``("*",)`` allows all."""
+    body_timeout_s: float = 30.0
+    """Longest time to receive a request body (408 after; a stalled upload no longer holds a connection)."""
 
     def __post_init__(self) -> None:
         from sumi.errors import ConfigError
@@ -67,13 +73,17 @@ class ServeConfig:
             raise ConfigError("max_batch_rows and max_queue must be >= 1")
         if self.api_key is not None and not self.api_key:
             raise ConfigError("api_key must not be empty (omit it to disable authentication)")
+        if not self.allowed_hosts:
+            raise ConfigError("allowed_hosts must name at least one host (or '*')")
+        if not self.body_timeout_s > 0:
+            raise ConfigError("body_timeout_s must be > 0")
 
 
 def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
     """An app serving ``model`` (a sumi model in eval mode) with ``tokenizer`` (:class:`SumiTokenizer`)."""
     config = config or ServeConfig()
     engine = Engine(model, tokenizer, batch_window_ms=config.batch_window_ms, max_batch_rows=config.max_batch_rows,
-                    max_queue=config.max_queue)
+                    max_queue=config.max_queue, max_cost=config.limits.max_cost)
     created = now()
 
     @asynccontextmanager
@@ -89,6 +99,7 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json")
     app.state.engine = engine
     app.state.config = config
+    app.add_middleware(HostAllowList, allowed=config.allowed_hosts)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(APIError)
@@ -121,21 +132,26 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(413, f"request body of {length} bytes exceeds the limit of {config.max_request_bytes}",
                            code="request_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > config.max_request_bytes:
-                raise APIError(413, f"request body exceeds the limit of {config.max_request_bytes} bytes",
-                               code="request_too_large")
+
+        async def receive() -> None:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > config.max_request_bytes:
+                    raise APIError(413, f"request body exceeds the limit of {config.max_request_bytes} bytes",
+                                   code="request_too_large")
+
         try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+            await asyncio.wait_for(receive(), config.body_timeout_s)
+        except TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {config.body_timeout_s:g} s",
+                           code="request_timeout") from None
+        return await asyncio.to_thread(parse_json, bytes(body))  # deep or huge JSON takes time: off the loop
 
     # ------------------------------------------------------------------ routes
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": config.model_id, "queued": engine.pending, "in_flight": engine.in_flight,
-                "batches_run": engine.batches_run, "sequences_run": engine.rows_run}
+                "batches_run": engine.batches_run, "sequences_run": engine.rows_run, "cancelled": engine.cancelled}
 
     def model_card() -> dict:
         return {"id": config.model_id, "object": "model", "created": created, "owned_by": "sumi"}
@@ -156,14 +172,17 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
     async def completions(request: Request):
         authorize(request)
         body = await read_json(request)
-        parsed = parse_completion_request(body, model_id=config.model_id, vocab_size=model.config.vocab_size,
-                                          limits=config.limits)
-        job = engine.submit(parsed)
+        parsed = await asyncio.to_thread(parse_completion_request, body, model_id=config.model_id,
+                                         vocab_size=model.config.vocab_size, limits=config.limits)
+        job = await engine.submit_async(parsed)
         cid, created_at = completion_id(), now()
         if parsed.stream:
-            return StreamingResponse(_events(job, cid, created_at, config.model_id), media_type="text/event-stream",
+            return StreamingResponse(_events(job, cid, created_at, config.model_id, engine),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        choices: list[Choice] = await job.future
+        choices = await engine.result_unless_gone(job, request.is_disconnected)
+        if choices is None:  # nobody is listening any more
+            return JSONResponse(APIError(499, "client closed the request").body(), status_code=499)
         return completion_body(cid, created_at, config.model_id, [_choice_dict(c) for c in choices],
                                _usage(job, choices))
 
@@ -187,7 +206,7 @@ def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-async def _events(job: Job, cid: str, created: int, model_id: str) -> AsyncIterator[str]:
+async def _events(job: Job, cid: str, created: int, model_id: str, engine: Engine) -> AsyncIterator[str]:
     """Server-sent events of one streamed job (see the module docstring for the chunk shapes)."""
     assert job.events is not None
     try:
@@ -210,5 +229,7 @@ async def _events(job: Job, cid: str, created: int, model_id: str) -> AsyncItera
             yield _sse(completion_body(cid, created, model_id, choices, None))
         yield _sse("[DONE]")
     finally:
-        if job.future.done() and not job.future.cancelled():
+        if not job.future.done():  # the client went away mid-stream: stop the work
+            engine.cancel(job)
+        elif not job.future.cancelled():
             job.future.exception()  # mark an error as retrieved (it was sent as an event)

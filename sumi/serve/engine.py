@@ -32,6 +32,9 @@ from sumi.serve.protocol import APIError, CompletionRequest
 
 logger = logging.getLogger(__name__)
 
+DISCONNECT_POLL_S = 0.25
+"""How often a waiting non-streamed request checks whether its client is still connected."""
+
 _END = object()
 """Sentinel closing a job's event stream."""
 
@@ -58,6 +61,9 @@ class Job:
     """The sampler call of this job's rows (the request's, or its infilling layout's)."""
     infill: Any = None
     """The :class:`~sumi.infill.InfillLayout` of a ``suffix`` request."""
+    cancelled: bool = False
+    """Set when the client went away: the job is dropped from the queue, and a running batch of only
+    cancelled jobs stops at its next step."""
 
     def __post_init__(self) -> None:
         options = self.options = self.options or self.request.options
@@ -69,7 +75,7 @@ class Engine:
     """Owns the model, the tokenizer, the queue and the worker thread. Start/stop inside a running loop."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, batch_window_ms: float = 5.0,
-                 max_batch_rows: int = 32, max_queue: int = 256) -> None:
+                 max_batch_rows: int = 32, max_queue: int = 256, max_cost: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_window = batch_window_ms / 1000.0
@@ -83,8 +89,14 @@ class Engine:
         self.model_seconds = 0.0
         """Wall time the worker spent in the sampler."""
         self.in_flight = 0
+        self.cancelled = 0
+        """Jobs whose client went away before the answer (dropped from the queue or stopped mid-batch)."""
+        self.max_cost = max_cost
+        """Most rows × steps × canvas positions one request may cost (None: unbounded)."""
         """Jobs submitted and not yet answered (queued or running)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sumi-model")
+        # Tokenising a long prompt takes time: it runs here, never on the event loop nor behind a model batch.
+        self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sumi-prep")
         self._queue: asyncio.Queue[Job] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -103,6 +115,7 @@ class Engine:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._prep.shutdown(wait=False, cancel_futures=True)
 
     @property
     def pending(self) -> int:
@@ -110,12 +123,45 @@ class Engine:
 
     # ------------------------------------------------------------------ submission (event loop)
     def submit(self, request: CompletionRequest) -> Job:
-        """Encode the prompts and queue a job; raises :class:`APIError` (503) when the queue is full."""
+        """Encode the prompts (here) and queue a job; raises :class:`APIError` (503 full queue, 400 too long or
+        too costly)."""
+        self._check_capacity()
+        return self._enqueue(request, *self._encode(request))
+
+    async def submit_async(self, request: CompletionRequest) -> Job:
+        """:meth:`submit` with the prompts encoded in a helper thread (the event loop stays free)."""
+        self._check_capacity()
+        assert self._loop is not None
+        encoded = await self._loop.run_in_executor(self._prep, self._encode, request)
+        return self._enqueue(request, *encoded)
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop ``job`` (queued) or let its batch stop early (running alone)."""
+        if not job.future.done():
+            job.cancelled = True
+            self.cancelled += 1
+            job.future.cancel()
+
+    async def result_unless_gone(self, job: Job, is_disconnected: Callable) -> list[Choice] | None:
+        """The job's choices; None when ``await is_disconnected()`` turns true first (the job is then cancelled,
+        so its work stops)."""
+        while True:
+            done, _ = await asyncio.wait({job.future}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return job.future.result()
+            if await is_disconnected():
+                self.cancel(job)
+                return None
+
+    def _check_capacity(self) -> None:
         if self._queue is None or self._loop is None:
             raise APIError(503, "the engine is not running", type="server_error")
         if self._queue.qsize() >= self.max_queue:
             raise APIError(503, f"server busy: {self.max_queue} requests are already queued; retry later",
                            type="server_error", code="overloaded")
+
+    def _encode(self, request: CompletionRequest) -> tuple[list[list[int]], Any, SamplingConfig | None]:
+        """(prompt ids, infilling layout or None, the layout's sampler options or None)."""
         plan, options = None, None
         if request.suffix is not None:
             from sumi.infill import prompt_suffix_layout, sampling_overrides
@@ -130,7 +176,19 @@ class Engine:
         else:
             prompts = [self.tokenizer.encode(p, add_bos=True) if isinstance(p, str) else list(p)
                        for p in request.prompts]
-        self._check_lengths(prompts, request, options)
+        return prompts, plan, options
+
+    def _enqueue(self, request: CompletionRequest, prompts: list[list[int]], plan: Any,
+                 options: SamplingConfig | None) -> Job:
+        assert self._queue is not None and self._loop is not None
+        canvas = self._check_lengths(prompts, request, options)
+        steps = (options or request.options).steps
+        cost = len(prompts) * request.n * steps * canvas
+        if self.max_cost is not None and cost > self.max_cost:
+            raise APIError(400, f"this request would cost {len(prompts)} prompts × n={request.n} × {steps} steps × "
+                                f"{canvas} canvas positions = {cost:,}, over this server's limit of "
+                                f"{self.max_cost:,}; lower n, the steps or max_tokens, or split it",
+                           code="request_too_costly")
         rows = [p for p in prompts for _ in range(request.n)]
         job = Job(request=request, rows=rows, future=self._loop.create_future(),
                   events=asyncio.Queue() if request.stream else None,
@@ -146,8 +204,9 @@ class Engine:
             future.exception()  # a client that went away never awaits its error: mark it retrieved
 
     def _check_lengths(self, prompts: list[list[int]], request: CompletionRequest,
-                       options: SamplingConfig | None = None) -> None:
-        """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing."""
+                       options: SamplingConfig | None = None) -> int:
+        """The sampler's canvas rules (prompt + max_tokens must fit), checked before queueing; returns the
+        canvas width."""
         options = options or request.options
         max_positions = self.model.config.max_position_embeddings
         longest = max(len(p) for p in prompts)
@@ -159,6 +218,7 @@ class Engine:
                                 f"fit the canvas of {canvas} positions; shorten the prompt, lower max_tokens or "
                                 f"raise canvas_length (max {max_positions})", param="prompt",
                            code="context_length_exceeded")
+        return canvas
 
     # ------------------------------------------------------------------ batching (event loop)
     async def _batcher(self) -> None:
@@ -170,6 +230,7 @@ class Engine:
             jobs = [first]
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
+            jobs = [job for job in jobs if not job.cancelled]  # their clients went away while queued
             for batch in self._group(jobs):
                 try:
                     await self._loop.run_in_executor(self._executor, self._run_batch, batch)
@@ -191,8 +252,7 @@ class Engine:
     def _run_batch(self, jobs: list[Job]) -> None:
         rows = [row for job in jobs for row in job.rows]
         options = jobs[0].options
-        streaming = [job for job in jobs if job.events is not None]
-        callback = self._stream_callback(jobs, options) if streaming else None
+        callback = self._callback(jobs, options)
         started = time.perf_counter()
         try:
             out = generate(self.model, rows, options, callback=callback)
@@ -244,6 +304,19 @@ class Engine:
     def _decode(self, ids: list[int]) -> str:
         size = len(self.tokenizer)
         return self.tokenizer.decode([i for i in ids if i < size], skip_special_tokens=True)
+
+    def _callback(self, jobs: list[Job], options: SamplingConfig) -> Callable:
+        """Per step: stop when every job of the batch was cancelled, else stream the jobs that stream."""
+        stream = self._stream_callback(jobs, options) if any(j.events is not None for j in jobs) else None
+
+        def callback(info) -> bool | None:
+            if all(job.cancelled for job in jobs):
+                return True
+            if stream is not None:
+                stream(info)
+            return None
+
+        return callback
 
     def _stream_callback(self, jobs: list[Job], options: SamplingConfig) -> Callable:
         """Per step: the current text of every streamed row (its budget region, cut at EOS) as an event."""

@@ -60,6 +60,10 @@ class Limits:
     max_prompts: int = 64
     max_rows: int = 64
     max_steps: int = 4096
+    max_prompt_chars: int = 100_000
+    """Longest text prompt (characters): tokenising it must stay a small fraction of a second."""
+    max_cost: int = 1 << 24
+    """Most rows × denoising steps × canvas positions per request (the work it asks for); 400 above."""
 
 
 # OpenAI fields accepted only at their neutral value: name -> predicate on the value, and what to say.
@@ -104,7 +108,16 @@ def _float(body: dict, name: str, default: float, lo: float, hi: float, lo_open:
     return float(value)
 
 
-def _prompts(value: Any, vocab_size: int, max_prompts: int) -> list[str | list[int]]:
+def check_text(value: str, param: str) -> str:
+    """``value`` if it can be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"`` cannot); else a 400."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(param, f"'{param}' holds an unpaired surrogate (an invalid \\ud800-\\udfff escape)") from None
+    return value
+
+
+def _prompts(value: Any, vocab_size: int, max_prompts: int, max_chars: int = 100_000) -> list[str | list[int]]:
     """OpenAI accepts a string, a list of strings, a list of ids, or a list of id lists."""
     if isinstance(value, str):
         prompts: list = [value]
@@ -121,6 +134,13 @@ def _prompts(value: Any, vocab_size: int, max_prompts: int) -> list[str | list[i
                              "list of token-id lists")
     if len(prompts) > max_prompts:
         raise _bad("prompt", f"at most {max_prompts} prompts per request, got {len(prompts)}")
+    for p in prompts:
+        if isinstance(p, str):
+            check_text(p, "prompt")
+            if len(p) > max_chars:
+                raise _bad("prompt", f"a prompt of {len(p)} characters exceeds this server's limit of {max_chars}")
+        elif len(p) > max_chars:
+            raise _bad("prompt", f"a prompt of {len(p)} token ids exceeds this server's limit of {max_chars}")
     for p in prompts:
         if isinstance(p, list) and any(not 0 <= i < vocab_size for i in p):
             raise _bad("prompt", f"token ids must lie in [0, {vocab_size})")
@@ -143,7 +163,7 @@ def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limit
     for name, (ok, message) in _NEUTRAL.items():
         if name in body and not ok(body[name]):
             raise _bad(name, message)
-    prompts = _prompts(body["prompt"], vocab_size, limits.max_prompts)
+    prompts = _prompts(body["prompt"], vocab_size, limits.max_prompts, limits.max_prompt_chars)
     n = _int(body, "n", 1, 1, limits.max_n)
     if len(prompts) * n > limits.max_rows:
         raise _bad("n", f"prompts x n = {len(prompts) * n} exceeds this server's limit of {limits.max_rows} "
@@ -159,6 +179,8 @@ def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limit
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP_STRINGS:
         raise _bad("stop", f"'stop' must be a string or a list of at most {MAX_STOP_STRINGS} strings")
+    for s in stop:
+        check_text(s, "stop")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("stream", "'stream' must be a boolean")

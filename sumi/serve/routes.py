@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -25,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from sumi.errors import InputError
 from sumi.serve.engine import END_OF_STREAM, Engine, Job
-from sumi.serve.protocol import APIError, parse_completion_request
+from sumi.serve.protocol import APIError, check_text, parse_completion_request
 
 CHAT_DEFAULT_MAX_TOKENS = 256
 _CHAT_ONLY = {"messages", "max_completion_tokens", "snapshots", "response_format", "tools", "tool_choice",
@@ -62,11 +63,16 @@ def add_routes(app: FastAPI, engine: Engine, tokenizer, model_config, config, au
         if not isinstance(add_special, bool):
             raise APIError(400, "'add_special_tokens' must be a boolean", param="add_special_tokens")
         if "messages" in body:
-            tokens = _chat_ids(tokenizer, body["messages"], body.get("add_generation_prompt", True))
+            tokens = await asyncio.to_thread(_chat_ids, tokenizer, body["messages"],
+                                             body.get("add_generation_prompt", True), config.limits)
         else:
             if not isinstance(body["prompt"], str):
                 raise APIError(400, "'prompt' must be a string", param="prompt")
-            tokens = tokenizer.encode(body["prompt"], add_bos=add_special)
+            prompt = check_text(body["prompt"], "prompt")
+            if len(prompt) > config.limits.max_prompt_chars:
+                raise APIError(400, f"a prompt of {len(prompt)} characters exceeds this server's limit of "
+                                    f"{config.limits.max_prompt_chars}", param="prompt")
+            tokens = await asyncio.to_thread(tokenizer.encode, prompt, add_bos=add_special)
         return {"count": len(tokens), "max_model_len": model_config.max_position_embeddings, "tokens": tokens}
 
     @app.post("/detokenize")
@@ -95,23 +101,25 @@ def add_routes(app: FastAPI, engine: Engine, tokenizer, model_config, config, au
         snapshots = body.get("snapshots", False)
         if not isinstance(snapshots, bool):
             raise APIError(400, "'snapshots' must be a boolean", param="snapshots")
-        ids = _chat_ids(tokenizer, body["messages"], True)
+        ids = await asyncio.to_thread(_chat_ids, tokenizer, body["messages"], True, config.limits)
         completion = {k: v for k, v in body.items() if k not in _CHAT_ONLY}
         completion["prompt"] = [ids]
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         completion["max_tokens"] = CHAT_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
         completion["max_tokens"] = _cap(completion["max_tokens"], config.limits.max_tokens, body)
-        parsed = parse_completion_request(completion, model_id=config.model_id, vocab_size=model_config.vocab_size,
-                                          limits=config.limits)
+        parsed = await asyncio.to_thread(parse_completion_request, completion, model_id=config.model_id,
+                                         vocab_size=model_config.vocab_size, limits=config.limits)
         end = tokenizer.token_to_id("<|im_end|>")
         parsed.stop_token_ids = (end,) if end is not None else ()
-        job = engine.submit(parsed)
+        job = await engine.submit_async(parsed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if parsed.stream:
-            return StreamingResponse(_chat_events(job, cid, created, config.model_id, snapshots),
+            return StreamingResponse(_chat_events(job, cid, created, config.model_id, snapshots, engine),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        choices = await job.future
+        choices = await engine.result_unless_gone(job, request.is_disconnected)
+        if choices is None:  # nobody is listening any more
+            return Response(status_code=499)
         return {"id": cid, "object": "chat.completion", "created": created, "model": config.model_id,
                 "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                              "logprobs": None, "finish_reason": c.finish_reason} for c in choices],
@@ -126,7 +134,8 @@ def _cap(value, limit: int, body: dict):
     return value
 
 
-def _chat_ids(tokenizer, messages, add_generation_prompt) -> list[int]:
+def _chat_ids(tokenizer, messages, add_generation_prompt, limits) -> list[int]:
+    """Render and encode a chat (in a helper thread: long chats take time); hostile content is a 400."""
     from sumi.chat import apply_chat_template
     from sumi.errors import SumiError
 
@@ -136,6 +145,12 @@ def _chat_ids(tokenizer, messages, add_generation_prompt) -> list[int]:
         text = apply_chat_template(messages, tokenizer, add_generation_prompt=add_generation_prompt)
     except SumiError as exc:
         raise APIError(400, str(exc), param="messages") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # template engine errors on odd message shapes
+        raise APIError(400, f"'messages' could not be rendered: {exc}", param="messages") from None
+    check_text(text, "messages")
+    if len(text) > limits.max_prompt_chars:
+        raise APIError(400, f"the chat of {len(text)} characters exceeds this server's limit of "
+                            f"{limits.max_prompt_chars}", param="messages")
     return tokenizer.encode(text)  # the template starts with the BOS string: no second BOS
 
 
@@ -153,7 +168,8 @@ def _chunk(cid: str, created: int, model_id: str, choices: list[dict], usage: di
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def _chat_events(job: Job, cid: str, created: int, model_id: str, snapshots: bool) -> AsyncIterator[str]:
+async def _chat_events(job: Job, cid: str, created: int, model_id: str, snapshots: bool,
+                       engine: Engine) -> AsyncIterator[str]:
     assert job.events is not None
     rows = len(job.rows)
     yield _chunk(cid, created, model_id, [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -181,7 +197,9 @@ async def _chat_events(job: Job, cid: str, created: int, model_id: str, snapshot
                      "step": event["step"], "num_steps": event["num_steps"]} for i, text in enumerate(event["texts"])])
         yield "data: [DONE]\n\n"
     finally:
-        if job.future.done() and not job.future.cancelled():
+        if not job.future.done():  # the client went away mid-stream: stop the work
+            engine.cancel(job)
+        elif not job.future.cancelled():
             job.future.exception()
 
 
