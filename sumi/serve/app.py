@@ -35,7 +35,7 @@ from sumi.serve.protocol import (
     now,
     parse_completion_request,
 )
-from sumi.serve.security import LOOPBACK_HOSTS, HostAllowList, parse_json
+from sumi.serve.security import LOOPBACK_HOSTS, DisconnectWatch, HostAllowList, disconnect_check, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
             return StreamingResponse(_events(job, cid, created_at, config.model_id, engine),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        choices = await engine.result_unless_gone(job, request.is_disconnected)
+        choices = await engine.result_unless_gone(job, disconnect_check(request))
         if choices is None:  # nobody is listening any more
             return JSONResponse(APIError(499, "client closed the request").body(), status_code=499)
         return completion_body(cid, created_at, config.model_id, [_choice_dict(c) for c in choices],
@@ -189,6 +189,7 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
     from sumi.serve.routes import add_routes
 
     add_routes(app, engine, tokenizer, model.config, config, authorize, read_json)
+    app.add_middleware(DisconnectWatch)  # outermost: sees the client hang up whatever runs inside
     return app
 
 

@@ -27,6 +27,7 @@ from fastapi.responses import Response, StreamingResponse
 from sumi.errors import InputError
 from sumi.serve.engine import END_OF_STREAM, Engine, Job
 from sumi.serve.protocol import APIError, check_text, parse_completion_request
+from sumi.serve.security import disconnect_check
 
 CHAT_DEFAULT_MAX_TOKENS = 256
 _CHAT_ONLY = {"messages", "max_completion_tokens", "snapshots", "response_format", "tools", "tool_choice",
@@ -117,7 +118,7 @@ def add_routes(app: FastAPI, engine: Engine, tokenizer, model_config, config, au
             return StreamingResponse(_chat_events(job, cid, created, config.model_id, snapshots, engine),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        choices = await engine.result_unless_gone(job, request.is_disconnected)
+        choices = await engine.result_unless_gone(job, disconnect_check(request))
         if choices is None:  # nobody is listening any more
             return Response(status_code=499)
         return {"id": cid, "object": "chat.completion", "created": created, "model": config.model_id,

@@ -15,8 +15,10 @@ deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,53 @@ class DeadlineH11Protocol(H11Protocol):
 def protocol_with_deadline(header_timeout: float) -> type[DeadlineH11Protocol]:
     """A :class:`DeadlineH11Protocol` subclass with its own ``header_timeout`` (uvicorn takes a class)."""
     return type("SumiH11Protocol", (DeadlineH11Protocol,), {"header_timeout": float(header_timeout)})
+
+
+# ---------------------------------------------------------------------------------------------- disconnects
+DISCONNECT_KEY = "sumi.disconnected"
+"""Scope key of the asyncio.Event :class:`DisconnectWatch` sets when the client goes away."""
+
+
+class DisconnectWatch:
+    """ASGI middleware that notices a client hanging up while its request waits for the model.
+
+    Starlette's ``Request.is_disconnected`` polls the receive channel and misses the disconnect when a
+    ``BaseHTTPMiddleware`` sits in between; here one task reads the channel for the whole request, hands the
+    messages on through a queue, and sets ``scope["sumi.disconnected"]`` when ``http.disconnect`` arrives.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gone = asyncio.Event()
+        messages: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            while True:
+                message = await receive()
+                await messages.put(message)
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    return
+
+        task = asyncio.create_task(pump())
+        try:
+            await self.app({**scope, DISCONNECT_KEY: gone}, messages.get, send)
+        finally:
+            task.cancel()
+
+
+def disconnect_check(request) -> Callable[[], Awaitable[bool]]:
+    """An async ``() -> bool`` telling whether the client of ``request`` has gone away."""
+    gone = request.scope.get(DISCONNECT_KEY)
+    if gone is None:
+        return request.is_disconnected
+
+    async def check() -> bool:
+        return gone.is_set()
+
+    return check
