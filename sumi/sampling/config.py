@@ -156,7 +156,11 @@ class SamplingConfig:
         if isinstance(self.denoise_end, list):  # hashable, like every other field
             object.__setattr__(self, "denoise_end", tuple(self.denoise_end))
         if isinstance(self.frozen, list):
-            object.__setattr__(self, "frozen", tuple(tuple(tuple(pair) for pair in row) for row in self.frozen))
+            try:
+                object.__setattr__(self, "frozen", tuple(tuple(tuple(pair) for pair in row) for row in self.frozen))
+            except TypeError:
+                self._fail("frozen", f"frozen must hold one list of (position, id) pairs per row, got "
+                                     f"{self.frozen!r}")
         if self.sliding:
             used = [name for name in ("frozen", "denoise_end") if getattr(self, name) is not None]
             if used:
