@@ -4,8 +4,8 @@ Both are the same transformer (d 128, 4 layers, 4/2 heads, SwiGLU 352, 4096-id b
 trained by sumi's own trainer on the embedded corpus (Shakespeare, KJV, Python stdlib) with the demo recipe
 (``configs/tiny-cpu.yaml``: AdamW 3e-3, WSD) — the UDLM with the diffusion loss, the judge with ``model.causal=true``.
 A small model learns more per CPU minute than the demo's d 256 model and samples ~4× faster, which the sweep
-needs. Step counts are fixed (UDLM 90, judge 40 steps of 16 × 256 tokens: 0.37M / 0.16M tokens), so the models
-do not depend on how busy the machine is: ~2.5 + 1.1 minutes on an idle 2-core machine (1.6 s/step measured);
+needs. Step counts are fixed (UDLM 60, judge 30 steps of 8 × 256 tokens: 123k / 61k tokens), so the models
+do not depend on how busy the machine is: ~1 + 0.5 minutes on an idle 2-core machine;
 ``training.time_limit_minutes`` is only a guard against a stalled machine.
 
 Everything is cached under the run directory (default ``runs/bench-quality``): a finished ``udlm/model`` or
@@ -24,7 +24,7 @@ VOCAB_SIZE = 4096
 SEQ_LEN = 256
 ARCH = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 32}
-MICRO_BATCH = 16
+MICRO_BATCH = 8
 
 
 def _overrides(out: Path, shard_dir: Path, tok, seed: int, causal: bool) -> list[str]:
@@ -59,8 +59,8 @@ def train_one(run_dir: Path, name: str, tok, shard_dir: Path, steps: int, *, cau
     return result.model_dir
 
 
-UDLM_STEPS = 90
-JUDGE_STEPS = 40
+UDLM_STEPS = 60
+JUDGE_STEPS = 30
 
 
 def ensure_models(run_dir: str | Path = "runs/bench-quality", *, udlm_steps: int = UDLM_STEPS,

@@ -8,7 +8,8 @@ tokens). Every grid point runs on the same prompts and seeds (``sumi.eval.sweep`
 
 ``nfe_speedup_at_equal_quality`` = NFE of the released ancestral sampler at 128 steps (the release's canvas and
 tail, T = 1) ÷ the fewest NFE at which another grid point reaches a Gen PPL no worse than the reference's Gen
-PPL + its s.e., at a unigram entropy at least 97% of the reference's.
+PPL + its s.e., at a unigram entropy at least 97% of the reference's (points run with the release's preset are not
+candidates).
 
 Prints one JSON line; writes ``<run-dir>/sweep.json`` and ``<run-dir>/sweep.png`` (``--plot`` to move it).
 Usage: ``python bench/sample_quality.py [--run-dir runs/bench-quality] [--prompts 32] [--quick]``.
@@ -17,6 +18,7 @@ Usage: ``python bench/sample_quality.py [--run-dir runs/bench-quality] [--prompt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -70,6 +72,7 @@ def grid(quick: bool) -> list[dict]:
         points.append({"sampler": "threshold", "threshold": tau, "tokens_per_step": k, "num_denoising_steps": steps})
     points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4, "num_denoising_steps": 32,
                    "temperature": 0.9})
+    points.append({"sampler": "adaptive", "num_denoising_steps": 128})  # the release's sampler on sumi's canvas
     points.append({"sampler": "adaptive", "num_denoising_steps": 32, "tokens_per_step": 4})
     return points
 
@@ -78,14 +81,29 @@ def speedup(points, reference_index: int) -> dict:
     ref = points[reference_index]
     bound = ref.summary.gen_ppl + ref.summary.gen_ppl_se
     floor = 0.97 * ref.summary.entropy
-    matches = [(p.nfe_per_sample, p.label) for i, p in enumerate(points)
-               if i != reference_index and p.summary.gen_ppl <= bound and p.summary.entropy >= floor]
+    matches = [(p.nfe_per_sample, p.label) for p in points  # sumi's samplers and settings, not the release's
+               if p.options.get("preset") != "release" and p.summary.gen_ppl <= bound and p.summary.entropy >= floor]
     if not matches:
         return {"nfe_speedup_at_equal_quality": None, "best": None, "reference_nfe": ref.nfe_per_sample}
     nfe, label = min(matches)
     return {"nfe_speedup_at_equal_quality": round(ref.nfe_per_sample / nfe, 3), "best": label, "best_nfe": nfe,
             "reference_nfe": ref.nfe_per_sample, "reference_gen_ppl": ref.summary.gen_ppl,
             "reference_gen_ppl_se": ref.summary.gen_ppl_se, "reference_entropy": ref.summary.entropy}
+
+
+def dump_point(point) -> dict:
+    return {"label": point.label, "options": point.options, "nfe": point.nfe_per_sample,
+            "summary": point.summary.to_json()}
+
+
+def load_point(doc: dict):
+    from sumi.eval.quality import QualitySummary
+    from sumi.eval.sweep import SweepPoint
+
+    summary = dict(doc["summary"])
+    summary["distinct"] = {int(n): (v["mean"], v["se"]) for n, v in summary["distinct"].items()}
+    return SweepPoint(label=doc["label"], options=doc["options"], summary=QualitySummary(**summary),
+                      nfe_per_sample=doc["nfe"])
 
 
 def main() -> None:
@@ -96,6 +114,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a few grid points only")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default <run-dir>/sweep.png)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="measure only grid points i, i+N, …; every point is cached under <run-dir>/points, "
+                             "so N processes can share the grid and any later run combines them")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -117,8 +138,26 @@ def main() -> None:
         logging.info("%-40s NFE %6.1f  Gen PPL %8.2f ± %6.2f  entropy %.3f  noise %.3f  %.0fs", point.label,
                      point.nfe_per_sample, s.gen_ppl, s.gen_ppl_se, s.entropy, s.noise_share or 0.0, s.wall_s)
 
-    points = run_sweep(model, tokenizer, prompts, judge, points_grid, base={"max_new_tokens": NEW_TOKENS},
-                       batch_size=args.batch_size, seed=0, on_point=log)
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    stamp = f"{udlm_dir.stat().st_mtime_ns}-{judge_dir.stat().st_mtime_ns}-{len(prompts)}-{NEW_TOKENS}"
+    points, missing = [], 0
+    for index, options in enumerate(points_grid):
+        cache = args.run_dir / "points" / (hashlib.sha1((stamp + json.dumps(options, sort_keys=True)).encode())
+                                           .hexdigest()[:16] + ".json")
+        if cache.is_file():
+            points.append(load_point(json.loads(cache.read_text())))
+            continue
+        if index % shards != shard:
+            missing += 1
+            continue
+        [point] = run_sweep(model, tokenizer, prompts, judge, [options], base={"max_new_tokens": NEW_TOKENS},
+                            batch_size=args.batch_size, seed=0, on_point=log)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(dump_point(point)))
+        points.append(point)
+    if missing:
+        print(json.dumps({"measured": len(points), "missing": missing, "note": "run the other shards, then once more"}))
+        return
     reference_index = points_grid.index(REFERENCE)
     result = speedup(points, reference_index)
     write_sweep(args.run_dir / "sweep.json", points, extra={"prompts": prompts, **result})

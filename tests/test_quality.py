@@ -174,17 +174,21 @@ def test_sweep_on_tiny_model_writes_json_and_png(tmp_path, tiny_model, tiny_toke
 
     judge = load_judge(causal_judge_dir)
     prompts = ["In the beginning", "And God said", "Let there be", "And the earth"]
-    grid = [{"sampler": "ancestral", "num_denoising_steps": 8, "temperature": 1.0},
+    grid = [{"sampler": "ancestral", "num_denoising_steps": 8, "temperature": 1.0, "preset": "release"},
             {"sampler": "adaptive", "num_denoising_steps": 16, "temperature": 0.0},
-            {"sampler": "greedy", "num_denoising_steps": 4}]
+            {"sampler": "greedy", "num_denoising_steps": 4},
+            {"sampler": "psi", "num_denoising_steps": 8, "greedy_tail": True},
+            {"sampler": "threshold", "num_denoising_steps": 8, "tokens_per_step": 2}]
     points = run_sweep(tiny_model, tiny_tokenizer, prompts, judge, grid, base={"max_new_tokens": 16},
                        batch_size=2, seed=0)
-    assert [p.options["sampler"] for p in points] == ["ancestral", "adaptive", "greedy"]
-    for point, steps in zip(points, (8, 16, 4)):
+    assert [p.options["sampler"] for p in points] == ["ancestral", "adaptive", "greedy", "psi", "threshold"]
+    assert points[0].label == "ancestral (release) K=8 T=1.0"
+    for point, steps in zip(points, (8, 16, 4, 8, 8)):
         assert 1 <= point.nfe_per_sample <= steps
         assert point.summary.samples == 4 and point.summary.gen_ppl > 1
+    assert points[0].summary.noise_share is not None and points[3].summary.noise_share is not None
     doc = json.loads(write_sweep(tmp_path / "sweep.json", points).read_text())
-    assert len(doc["points"]) == 3 and any(p["pareto"] for p in doc["points"])
+    assert len(doc["points"]) == 5 and any(p["pareto"] for p in doc["points"])
     png = plot_sweep(points, tmp_path / "sweep.png", reference=points[0])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same seeds give the same numbers

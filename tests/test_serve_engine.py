@@ -25,6 +25,13 @@ def test_parse_defaults_and_options():
     assert _parse().options.max_new_tokens == 16  # OpenAI's default
     with pytest.raises(APIError, match="tokens_per_step"):
         _parse(max_tokens=4, tokens_per_step=5)
+    few = _parse(sampler="psi", psi_kappa=0.25, greedy_tail=True, max_tokens=8).options
+    assert few == SamplingConfig(max_new_tokens=8, sampler="psi", psi_kappa=0.25, greedy_tail=True)
+    assert _parse(sampler="threshold", threshold=0.7).options.threshold == 0.7
+    with pytest.raises(APIError, match="threshold"):
+        _parse(threshold=0.0)
+    with pytest.raises(APIError, match="greedy_tail"):
+        _parse(greedy_tail="yes")
 
 
 def test_bad_option_names_its_field():

@@ -78,7 +78,7 @@ _NEUTRAL = {
 _IGNORED = ("user",)
 _KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
           "top_k", "sampler", "num_denoising_steps", "tokens_per_step", "canvas_length", "schedule",
-          "anchor_eosbos", "suffix", *_NEUTRAL, *_IGNORED}
+          "anchor_eosbos", "suffix", "psi_kappa", "threshold", "greedy_tail", *_NEUTRAL, *_IGNORED}
 
 
 def _bad(param: str, message: str) -> APIError:
@@ -197,6 +197,9 @@ def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limit
     if not isinstance(anchor, bool):
         raise _bad("anchor_eosbos", "'anchor_eosbos' must be a boolean")
     top_p = _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    greedy_tail = body.get("greedy_tail", DEFAULTS.greedy_tail)
+    if not isinstance(greedy_tail, bool):
+        raise _bad("greedy_tail", "'greedy_tail' must be a boolean")
     try:  # the sampler's own checks, so nothing invalid is ever queued
         options = SamplingConfig(
             max_new_tokens=max_tokens,
@@ -210,6 +213,9 @@ def parse_completion_request(body: Any, *, model_id: str, vocab_size: int, limit
             canvas_length=_int(body, "canvas_length", DEFAULTS.canvas_length, 4),
             schedule=schedule,
             anchor_eosbos=anchor,
+            psi_kappa=_float(body, "psi_kappa", DEFAULTS.psi_kappa, 0.0, 1.0),
+            threshold=_float(body, "threshold", DEFAULTS.threshold, 0.0, 1.0, lo_open=True),
+            greedy_tail=greedy_tail,
             seed=_int(body, "seed", DEFAULTS.seed, 0, 2**63 - 1),
         )
     except OptionError as exc:
