@@ -52,28 +52,36 @@ def held_out_prompts(run_dir: Path, tokenizer, count: int) -> list[str]:
     return prompts
 
 
-def grid(quick: bool) -> list[dict]:
+def grid(quick: bool, full: bool = False) -> list[dict]:
     """The grid points (each a dict of generate options; ``preset`` selects the release's defaults)."""
     if quick:
         return [REFERENCE, {"sampler": "ancestral", "num_denoising_steps": 32, "greedy_tail": True},
-                {"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4, "num_denoising_steps": 32}]
-    points = [dict(REFERENCE, num_denoising_steps=k) for k in (32, 128)]
-    for k in (32, 128):  # the released default sampler (adaptive, T = 1, K = new tokens)
-        points.append({"preset": "release", "sampler": "adaptive", "num_denoising_steps": k, "temperature": 1.0})
-    for k in (16, 32, 64, 128):
-        points.append({"sampler": "ancestral", "num_denoising_steps": k})
-    for k in (16, 32, 64):
+                {"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4}]
+    points = [REFERENCE, dict(REFERENCE, num_denoising_steps=32),
+              {"preset": "release", "sampler": "adaptive", "num_denoising_steps": 32, "temperature": 1.0},
+              {"sampler": "ancestral", "num_denoising_steps": 32},
+              {"sampler": "adaptive", "num_denoising_steps": 32, "tokens_per_step": 4}]
+    for k in (16, 32):
         points.append({"sampler": "ancestral", "num_denoising_steps": k, "greedy_tail": True})
     for k in (16, 32, 64):
         points.append({"sampler": "psi", "num_denoising_steps": k, "psi_kappa": 0.5, "greedy_tail": True})
-    points.append({"sampler": "psi", "num_denoising_steps": 32, "psi_kappa": 0.8, "greedy_tail": True})
-    points.append({"sampler": "ancestral", "num_denoising_steps": 32, "temperature": 0.9, "greedy_tail": True})
-    for tau, k, steps in ((0.8, 8, 16), (0.8, 4, 32), (0.5, 4, 32), (0.8, 2, 64)):
-        points.append({"sampler": "threshold", "threshold": tau, "tokens_per_step": k, "num_denoising_steps": steps})
-    points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4, "num_denoising_steps": 32,
-                   "temperature": 0.9})
-    points.append({"sampler": "adaptive", "num_denoising_steps": 128})  # the release's sampler on sumi's canvas
-    points.append({"sampler": "adaptive", "num_denoising_steps": 32, "tokens_per_step": 4})
+    for k in (8, 4):  # at most 128 / k steps: the run ends once every position is committed
+        points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": k})
+    for k in (16, 8):
+        points.append({"sampler": "ancestral", "num_denoising_steps": k})
+    for k in (16, 32):
+        points.append({"sampler": "psi", "num_denoising_steps": k, "psi_kappa": 0.5})
+    points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 16})
+    if full:
+        for k in (16, 64, 128):
+            points.append({"sampler": "ancestral", "num_denoising_steps": k})
+        points.append({"sampler": "ancestral", "num_denoising_steps": 64, "greedy_tail": True})
+        points.append({"sampler": "psi", "num_denoising_steps": 32, "psi_kappa": 0.8, "greedy_tail": True})
+        points.append({"sampler": "ancestral", "num_denoising_steps": 32, "temperature": 0.9, "greedy_tail": True})
+        points.append({"sampler": "threshold", "threshold": 0.5, "tokens_per_step": 4})
+        points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 4, "temperature": 0.9})
+        points.append({"preset": "release", "sampler": "adaptive", "num_denoising_steps": 128, "temperature": 1.0})
+        points.append({"sampler": "adaptive", "num_denoising_steps": 128})
     return points
 
 
@@ -109,10 +117,11 @@ def load_point(doc: dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-quality"))
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a few grid points only")
+    parser.add_argument("--quick", action="store_true", help="three grid points only")
+    parser.add_argument("--full", action="store_true", help="more grid points (about twice the time)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default <run-dir>/sweep.png)")
     parser.add_argument("--shard", default="0/1", metavar="I/N",
                         help="measure only grid points i, i+N, …; every point is cached under <run-dir>/points, "
@@ -130,7 +139,7 @@ def main() -> None:
     model.eval()
     judge = load_judge(judge_dir, batch_size=args.batch_size)
     prompts = held_out_prompts(args.run_dir, tokenizer, args.prompts)
-    points_grid = grid(args.quick)
+    points_grid = grid(args.quick, args.full)
     started = time.perf_counter()
 
     def log(point):
@@ -160,9 +169,12 @@ def main() -> None:
         return
     reference_index = points_grid.index(REFERENCE)
     result = speedup(points, reference_index)
-    write_sweep(args.run_dir / "sweep.json", points, extra={"prompts": prompts, **result})
+    floor = 0.97 * points[reference_index].summary.entropy  # the speed-up's entropy condition
+    write_sweep(args.run_dir / "sweep.json", points, extra={"prompts": prompts, **result}, entropy_floor=floor)
     plot_sweep(points, args.plot or args.run_dir / "sweep.png", reference=points[reference_index],
-               title=f"{len(prompts)} held-out prompts, {NEW_TOKENS} new tokens (bench/sample_quality.py)")
+               entropy_floor=floor,
+               title=f"{len(prompts)} held-out prompts, {NEW_TOKENS} new tokens (bench/sample_quality.py); "
+                     "floor = 97% of the reference's entropy")
     record = {"config": {"prompts": len(prompts), "new_tokens": NEW_TOKENS, "threads": args.threads,
                          "udlm": str(udlm_dir), "judge": str(judge_dir), "torch": torch.__version__,
                          "seconds": round(time.perf_counter() - started, 1)},

@@ -167,6 +167,8 @@ def test_pareto_front_of_constructed_points():
 
     points = [point(64, 30.0), point(16, 50.0), point(32, 60.0), point(128, 29.0), point(8, 90.0), point(64, 35.0)]
     assert pareto_front(points) == [4, 1, 0, 3]  # (32, 60) is beaten by (16, 50); (64, 35) by (64, 30)
+    points[1].summary.entropy = -1.0  # (16, 50) repeats itself: below the floor it leaves the front
+    assert pareto_front(points, entropy_floor=0.0) == [4, 2, 0, 3]
 
 
 def test_sweep_on_tiny_model_writes_json_and_png(tmp_path, tiny_model, tiny_tokenizer, causal_judge_dir):

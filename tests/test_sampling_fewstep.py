@@ -144,3 +144,13 @@ def test_trajectory_views_show_the_tail_and_count_its_writes(tiny_model, tiny_to
     assert '"tail_start": 13' in page and len(released.frames[0].canvas[0]) == 40
     gif = write_trajectory_gif(tmp_path / "t.gif", released, tiny_tokenizer)
     assert gif.read_bytes()[:6] == b"GIF89a"
+
+
+def test_default_generate_leaves_no_initial_noise_in_the_returned_span(tiny_model):
+    """Every returned position was written by some step: none is left over from the random starting canvas."""
+    committed = []
+    out = generate(tiny_model, [[0, 4, 5], [0, 9, 10, 11, 12]], max_new_tokens=24, seed=4, trim_at_eos=False,
+                   callback=lambda info: committed.append(info.committed.clone()))
+    touched = torch.stack(committed).any(0)
+    for b, (p, budget) in enumerate(zip(out.prompt_lengths, out.budgets)):
+        assert bool(touched[b, p:p + budget].all())

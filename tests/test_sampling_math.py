@@ -158,7 +158,7 @@ def test_fast_and_reference_adaptive_sampling_agree_in_distribution():
     length, vocab, rows, steps = 4, 6, 3000, 3
     model = FakeModel(length, vocab, couple=1.0, seed=1)
     start = torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(6))
-    fast = generate(model, None, initial_canvas=start, max_new_tokens=length, anchor_eosbos=False,
+    fast = generate(model, None, RELEASE, initial_canvas=start, max_new_tokens=length, anchor_eosbos=False,
                     sampler="adaptive", num_denoising_steps=steps, temperature=0.8, top_k=4, seed=7,
                     trim_at_eos=False).canvas
     slow = reference_generate(model, start, torch.ones_like(start, dtype=torch.bool), sampler="adaptive",

@@ -27,6 +27,8 @@ MAX_TOKENS_LIMIT = 48
 MAX_REQUEST_BYTES = 4096
 # Small, fast requests: the tiny model on a short canvas with few steps.
 FAST = {"max_tokens": 8, "canvas_length": 24, "num_denoising_steps": 4}
+STEPWISE = {"sampler": "adaptive", "tokens_per_step": 1}
+"""A sampler that runs every one of its steps (sumi's default sampler may finish early)."""
 
 
 def _free_port() -> int:
@@ -189,7 +191,7 @@ def _sse_events(response) -> list:
 
 
 def test_streaming_canvas(client):
-    request = {"prompt": "In the beginning", "seed": 7, "temperature": 0.8, "n": 2, **FAST}
+    request = {"prompt": "In the beginning", "seed": 7, "temperature": 0.8, "n": 2, **FAST, **STEPWISE}
     with client.stream("POST", "/v1/completions", json={**request, "stream": True,
                                                         "stream_options": {"include_usage": True}}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -234,7 +236,7 @@ def test_event_loop_stays_responsive(server, client):
 
     def long_request():
         result["r"] = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 40, "canvas_length": 64,
-                                                           "num_denoising_steps": 200, "seed": 1})
+                                                           "num_denoising_steps": 200, "seed": 1, **STEPWISE})
 
     worker = threading.Thread(target=long_request)
     worker.start()

@@ -73,7 +73,8 @@ def test_one_sampler_call_per_batch_and_failure_isolation(tiny_model, tiny_token
     async def scenario():
         await engine.start()
         try:
-            body = {"max_tokens": 4, "canvas_length": 16, "num_denoising_steps": 2, "temperature": 0.5}
+            body = {"max_tokens": 4, "canvas_length": 16, "num_denoising_steps": 2, "temperature": 0.5,
+                    "sampler": "adaptive", "tokens_per_step": 1}
             good = [engine.submit(_parse(prompt=f"line {i}", **body)) for i in range(3)]
             results = await asyncio.gather(*(j.future for j in good))
             assert engine.batches_run == 1 and engine.rows_run == 3

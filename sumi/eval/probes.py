@@ -29,6 +29,7 @@ from sumi.eval import plots
 from sumi.eval.nelbo import NelboConfig, canvas_size, logits_at, nelbo_of_ids
 from sumi.model import SumiOutput
 from sumi.sampling import SamplingConfig, generate
+from sumi.sampling.config import RELEASE
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +79,11 @@ class ProbeConfig:
         self.sampling()  # the sampler options are validated where they are defined
 
     def sampling(self) -> SamplingConfig:
-        """The sampler options every probe run starts from (sweeps then vary canvas, steps, tokens per step)."""
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, sampler=self.sampler, temperature=self.temperature,
-                              canvas_length=self.canvas_length, seed=self.seed)
+        """The sampler options every probe run starts from (sweeps then vary canvas, steps, tokens per step): the
+        released sampler's (:data:`~sumi.sampling.config.RELEASE`: the tail after the anchor denoised, one token per
+        step), whose canvas and step costs these probes measure."""
+        return RELEASE.replace(max_new_tokens=self.max_new_tokens, sampler=self.sampler, temperature=self.temperature,
+                               canvas_length=self.canvas_length, seed=self.seed)
 
 
 @dataclass

@@ -75,33 +75,41 @@ def run_sweep(model: torch.nn.Module, tokenizer, prompts: Sequence[str], judge: 
     return points
 
 
-def pareto_front(points: Sequence[SweepPoint]) -> list[int]:
-    """Indices of the points no other point beats on both NFE and Gen PPL, by increasing NFE."""
+def pareto_front(points: Sequence[SweepPoint], entropy_floor: float | None = None) -> list[int]:
+    """Indices of the points no other point beats on both NFE and Gen PPL, by increasing NFE.
+
+    With ``entropy_floor`` only points whose mean unigram entropy reaches it take part (repetitive samples have a
+    low Gen PPL and would otherwise make the front)."""
+    admissible = [i for i, p in enumerate(points) if p.summary.gen_ppl == p.summary.gen_ppl
+                  and (entropy_floor is None or p.summary.entropy >= entropy_floor)]
     front = []
-    for i, p in enumerate(points):
+    for i in admissible:
+        p = points[i]
         dominated = any(
             q.nfe_per_sample <= p.nfe_per_sample and q.summary.gen_ppl <= p.summary.gen_ppl
             and (q.nfe_per_sample < p.nfe_per_sample or q.summary.gen_ppl < p.summary.gen_ppl)
-            for j, q in enumerate(points) if j != i)
-        if not dominated and p.summary.gen_ppl == p.summary.gen_ppl:
+            for q in (points[j] for j in admissible if j != i))
+        if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i].nfe_per_sample)
 
 
-def write_sweep(path: str | Path, points: Sequence[SweepPoint], extra: dict | None = None) -> Path:
+def write_sweep(path: str | Path, points: Sequence[SweepPoint], extra: dict | None = None,
+                entropy_floor: float | None = None) -> Path:
     from sumi._io import atomic_write_text
 
-    front = set(pareto_front(points))
+    front = set(pareto_front(points, entropy_floor))
     doc = {**(extra or {}), "points": [{**p.to_json(), "pareto": i in front} for i, p in enumerate(points)]}
     atomic_write_text(Path(path), json.dumps(doc, indent=1) + "\n")
     return Path(path)
 
 
 def plot_sweep(points: Sequence[SweepPoint], path: str | Path, *, title: str = "sample quality against cost",
-               reference: SweepPoint | None = None) -> Path:
+               reference: SweepPoint | None = None, entropy_floor: float | None = None) -> Path:
     """Two panels sharing the NFE axis (log₂): Gen PPL ± s.e. (the Pareto front joined) and unigram entropy.
 
-    Points are coloured by sampler family; ``reference`` (e.g. the released sampler) draws dashed guides.
+    Points are coloured by sampler family; ``reference`` (e.g. the released sampler) draws dashed guides. With
+    ``entropy_floor`` the front is drawn among the points whose entropy reaches it (also drawn).
     """
     from sumi.eval.plots import _figure, _save
 
@@ -117,17 +125,18 @@ def plot_sweep(points: Sequence[SweepPoint], path: str | Path, *, title: str = "
                      fmt="o", color=colours[family], capsize=2, markersize=4, label=family)
         bottom.errorbar(xs, [p.summary.entropy for p in chosen], yerr=[p.summary.entropy_se for p in chosen],
                         fmt="o", color=colours[family], capsize=2, markersize=4, label=family)
-    front = [points[i] for i in pareto_front(points)]
+    front = [points[i] for i in pareto_front(points, entropy_floor)]
     if front:
         top.plot([p.nfe_per_sample for p in front], [p.summary.gen_ppl for p in front], "-", color="black",
-                 linewidth=1, alpha=0.6, label="Pareto front")
+                 linewidth=1, alpha=0.6,
+                 label="Pareto front" + (" (entropy above the floor)" if entropy_floor is not None else ""))
         top.scatter([p.nfe_per_sample for p in front], [p.summary.gen_ppl for p in front], s=80,
                     facecolors="none", edgecolors="black", zorder=3)
     if reference is not None:
         top.axhline(reference.summary.gen_ppl, linestyle="--", color="grey", linewidth=1,
                     label=f"reference: {reference.label}")
-        bottom.axhline(0.97 * reference.summary.entropy, linestyle=":", color="grey", linewidth=1,
-                       label="97% of the reference's entropy")
+    if entropy_floor is not None:
+        bottom.axhline(entropy_floor, linestyle=":", color="grey", linewidth=1, label="entropy floor")
     top.set_ylabel("Gen PPL under the judge (exp nats/token)")
     top.set_yscale("log")
     top.set_title(title)

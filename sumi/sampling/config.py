@@ -48,7 +48,7 @@ class SamplingConfig:
     the canvas."""
     num_denoising_steps: int | None = None
     """K denoising steps, at most one forward pass each (None: ``max_new_tokens``)."""
-    sampler: str = "adaptive"
+    sampler: str = "threshold"
     """``adaptive`` (commit the most confident ``tokens_per_step`` positions per step), ``ancestral`` (draw every
     free position from the exact posterior), ``greedy`` (every free position takes its argmax), ``psi`` (the
     Ψ predictor–corrector mixture of ancestral and re-noised clean posterior, weight ``psi_kappa``) or
@@ -65,13 +65,13 @@ class SamplingConfig:
     """Keep only the k most likely ids of x̂ (None = all)."""
     top_p: float | None = None
     """Keep the smallest set of ids whose mass reaches p, in (0, 1] (None = all)."""
-    tokens_per_step: int = 1
-    """Positions committed per step by ``adaptive`` (at least that many by ``threshold``; ignored by the
-    others)."""
+    tokens_per_step: int = 4
+    """Positions committed per step by ``adaptive`` (at least that many by ``threshold``, so it needs at most
+    ⌈max_new_tokens / tokens_per_step⌉ forwards; ignored by the others)."""
     psi_kappa: float = 0.5
     """``psi``: weight κ ∈ [0, 1] of the ancestral posterior in the Ψ mixture (1 = ancestral exactly, 0 = pure
     predictor–corrector)."""
-    threshold: float = 0.9
+    threshold: float = 0.8
     """``threshold``: confidence max_v x̂(v) ∈ (0, 1] at which a position is committed."""
     greedy_tail: bool = False
     """The last step sets every free position to its argmax (Duo's "greedy tail"), whatever the sampler."""
