@@ -55,7 +55,8 @@ def test_plain_text_show_self_correct_and_sliding(tiny_model_dir, capsys, tmp_pa
     prompt.write_text("And God said", encoding="utf-8")
     code, out, err = run_cli(capsys, "--model", str(tiny_model_dir), "--prompt-file", str(prompt),
                              "--max-new-tokens", "6", "--canvas-length", "24", "--seed", "1", "--show",
-                             "--self-correct", "3", "--freeze", "5=40", "--release-defaults")
+                             "--self-correct", "3", "--freeze", "5=40", "--sampler", "adaptive",
+                             "--tokens-per-step", "1")
     assert code == 0 and out.startswith("And God said") and "step 6/6" in err
     code, out, _ = run_cli(capsys, "--model", str(tiny_model_dir), "--max-new-tokens", "40", "--canvas-length",
                            "16", "--sliding", "--context-length", "4", "--sampler", "greedy", "--json", "--no-trim")
