@@ -64,7 +64,7 @@ def build(directory: str, hidden: int, layers: int, vocab: int, shard: str, dtyp
     import torch
 
     from sumi.config import sumi_tiny
-    from sumi.model import SumiForMaskGeneration
+    from sumi.release import Sumi
 
     config = sumi_tiny().replace(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,
@@ -72,7 +72,7 @@ def build(directory: str, hidden: int, layers: int, vocab: int, shard: str, dtyp
         head_dim=64, max_position_embeddings=512,
     )
     torch.manual_seed(0)
-    model = SumiForMaskGeneration.from_config(config, seed=0)
+    model = Sumi.from_config(config, seed=0)
     model.save_pretrained(directory, max_shard_size=shard, dtype=dtype)
     return sum(p.numel() * 4 for p in model.parameters())
 

@@ -33,10 +33,10 @@ def build_model_dir(directory: Path) -> None:
     from conftest import sample_texts
 
     from sumi.config import sumi_tiny
-    from sumi.model import SumiForMaskGeneration
+    from sumi.release import Sumi
     from sumi.tokenizer import train_bpe
 
-    SumiForMaskGeneration.from_config(sumi_tiny(), seed=0).save_pretrained(directory)
+    Sumi.from_config(sumi_tiny(), seed=0).save_pretrained(directory)
     train_bpe(sample_texts(), vocab_size=512, min_frequency=2).save_pretrained(directory)
 
 

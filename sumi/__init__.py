@@ -5,7 +5,6 @@ The public API is re-exported here; submodules are imported lazily so that ``imp
 
 from sumi.config import SumiConfig, get_preset, list_presets
 from sumi.errors import CheckpointError, ConfigError, InputError, SumiError
-from sumi.integrations import install as _install_integrations
 
 __version__ = "0.1.0"
 
@@ -17,14 +16,13 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "InputError",
+    "Sumi",
     "SumiForMaskGeneration",
     "load_model",
     "load_tokenizer",
     "generate",
     "score",
 ]
-
-_install_integrations()
 
 _SUBMODULES = ("chat", "checkpoint", "config", "data", "diffusion", "eval", "model", "sampling", "serve", "tokenizer",
                "train")
@@ -37,9 +35,13 @@ def __getattr__(name: str):
 
         return SumiForMaskGeneration
     if name == "load_model":
-        from sumi.checkpoint import load_model
+        from sumi.release import load_model
 
         return load_model
+    if name == "Sumi":
+        from sumi.release import Sumi
+
+        return Sumi
     if name == "load_tokenizer":
         from sumi.tokenizer import load_tokenizer
 

@@ -24,6 +24,8 @@ from safetensors.torch import save_file
 from sumi._io import atomic_write_text
 from sumi.config import CONFIG_NAME, SumiConfig
 from sumi.errors import CheckpointError, ConfigError, InputError
+from sumi.model import SumiForMaskGeneration
+from sumi.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +143,10 @@ def iter_checkpoint_tensors(directory: str | Path) -> Iterator[tuple[str, torch.
 
 
 def load_model(path: str | Path, device: torch.device | str | None = None,
-               dtype: torch.dtype | str | None = None, *, strict: bool = True):
-    """Load a model directory in the release layout into :class:`sumi.model.SumiForMaskGeneration`.
+               dtype: torch.dtype | str | None = None, *, strict: bool = True,
+               model_class: type[SumiForMaskGeneration] = SumiForMaskGeneration) -> SumiForMaskGeneration:
+    """Load a model directory in the release layout into ``model_class`` (default the plain
+    :class:`sumi.model.SumiForMaskGeneration`; ``sumi.load_model`` asks for :class:`sumi.release.Sumi`).
 
     Args:
         path: directory with config.json and safetensors weights (single or sharded).
@@ -151,8 +155,6 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
             fp32 on CPU (half-precision matmuls are ~100× slower than fp32 on CPUs without AVX-512 BF16).
         strict: reject unexpected tensors (missing ones are always an error).
     """
-    from sumi.model import SumiForMaskGeneration
-
     directory = Path(path)
     if not directory.exists():
         raise CheckpointError(f"model directory not found: {directory}")
@@ -171,7 +173,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
     check_config_against_weights(config, directory)
 
     with torch.device("meta"):
-        model = SumiForMaskGeneration(config)
+        model = model_class(config)
     expected = {name: p for name, p in model.state_dict().items()}
     seen: set[str] = set()
     unexpected: list[str] = []
@@ -388,7 +390,5 @@ def resolve_model(model, tokenizer=None, *, device: torch.device | str | None = 
 
         model = merge(load_adapter(model, adapter)).eval()
     if isinstance(tokenizer, str | Path):
-        from sumi.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     return model, tokenizer

@@ -17,28 +17,46 @@ Attention uses the *off-by-one* ("sink") softmax ``p_i = exp(s_i) / (1 + Σ_j ex
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sumi.config import SumiConfig
+from sumi.diffusion.loss import causal_lm_loss, sumi_loss
 from sumi.errors import InputError
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 IGNORE_INDEX = -100
+SAMPLER_KEYWORDS = ("logits_at", "last_hidden_state", "return_last_hidden_state", "validate")
+"""Keywords of :meth:`SumiForMaskGeneration.forward` that samplers and scorers use for their fast paths."""
+
+
+def takes_sampler_keywords(module: nn.Module) -> bool:
+    """True when ``module``'s forward accepts :data:`SAMPLER_KEYWORDS`: it declares them, or passes ``**kwargs``
+    through as DDP, ``torch.compile`` and PEFT wrappers do (callers still fall back if the keywords are ignored).
+    A duck-typed check, so a wrapped model keeps the fast paths an ``isinstance`` test would deny it."""
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    return all(name in parameters for name in SAMPLER_KEYWORDS)
 
 
 @dataclass
 class SumiOutput:
-    """What the model returns. ``logits`` [B,S,V]; ``loss`` a scalar when labels and t were given."""
+    """What the model returns. ``logits`` [B,S,V] (or [n,V] at the ``logits_at`` positions); ``loss`` a scalar
+    when labels and t were given; ``last_hidden_state`` [B,S,D] (after the final norm) when asked for."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_hidden_state: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -310,26 +328,80 @@ class SumiForMaskGeneration(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         t: torch.Tensor | float | None = None,
         *,
+        logits_at: torch.Tensor | None = None,
+        last_hidden_state: torch.Tensor | None = None,
+        return_last_hidden_state: bool = False,
         validate: bool = True,
     ) -> SumiOutput:
         """Logits for a (noisy) canvas, and the Sumi training loss when ``labels`` and ``t`` are given.
 
         Args:
-            input_ids: [B,S] noisy token ids z.
+            input_ids: [B,S] noisy token ids z (may be None when ``last_hidden_state`` is given).
             attention_mask: optional [B,S] keep-mask over keys (1/True = real token, 0 = padding).
             labels: optional [B,S] clean ids x; −100 marks positions excluded from the loss.
             t: diffusion time(s) in (0,1), shape [B], [B,1] or [B,S] (α = 1 − t). Required with ``labels``.
-            validate: check id and label ranges (host syncs); the trainer turns it off in its hot loop.
+            logits_at: optional [B,S] bool mask: run the head only there and return logits [n,V] (row-major
+                order). Samplers and scorers ask for few positions; the head is ~40% of a forward at V = 32k.
+            last_hidden_state: [B,S,D] from an earlier call with ``return_last_hidden_state``: skip the trunk
+                and only apply the head (a sampler reuses an unchanged row's trunk this way).
+            return_last_hidden_state: also return the trunk's output (after the final norm).
+            validate: check id and label ranges (host syncs); the trainer and the samplers, which validated
+                their ids once, turn it off in their loops.
+
+        These keywords are the whole interface samplers and scorers use, so a wrapper that passes keyword
+        arguments through (DDP, ``torch.compile``, PEFT) keeps their fast paths (``docs/design.md`` §4).
 
         Returns:
-            :class:`SumiOutput` with ``logits`` [B,S,V] in the parameter dtype and, with labels, the scalar
-            ``loss`` (nats) plus detached ``metrics`` (``elbo``, ``kl``, ``is``, ``z_loss``).
+            :class:`SumiOutput` with ``logits`` in the parameter dtype and, with labels, the scalar ``loss``
+            (nats) plus detached ``metrics`` (``elbo``, ``kl``, ``is``, ``z_loss``).
         """
+        if last_hidden_state is None:
+            hidden = self.trunk(input_ids, attention_mask, validate=validate)
+        else:
+            hidden = last_hidden_state
+        if logits_at is not None:
+            if labels is not None:
+                raise InputError("logits_at selects positions for sampling; the loss needs the logits everywhere")
+            if logits_at.dtype != torch.bool or logits_at.shape != hidden.shape[:2]:
+                raise InputError(f"logits_at must be a bool mask of shape {tuple(hidden.shape[:2])}, got "
+                                 f"{logits_at.dtype} {tuple(logits_at.shape)}")
+            hidden_out = hidden
+            hidden = hidden[logits_at]
+        else:
+            hidden_out = hidden
+        logits = self.lm_head(hidden)
+        kept = hidden_out if return_last_hidden_state else None
+        if labels is None:
+            if t is not None:
+                raise InputError("t was given without labels; pass labels (the clean ids) to get a loss")
+            return SumiOutput(logits=logits, last_hidden_state=kept)
+        if validate:
+            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.config.vocab_size))
+            if bool(bad.any()):
+                raise InputError(f"labels must be -100 (ignored) or ids in [0, {self.config.vocab_size})")
+        if self.config.is_causal:  # the AR baseline: next-token cross-entropy, no diffusion time
+            loss, metrics = causal_lm_loss(logits, labels)
+            return SumiOutput(logits=logits, loss=loss, metrics=metrics, last_hidden_state=kept)
+        if t is None:
+            raise InputError(
+                "labels were given without t: the Sumi loss needs the diffusion time t in (0,1) per sequence "
+                "[B], [B,1] or per token [B,S]"
+            )
+        loss, metrics = sumi_loss(
+            logits, input_ids, labels, t,
+            beta_is=self.config.uniform_diffusion_beta_is,
+            z_loss=self.config.uniform_diffusion_z_loss_strength,
+        )
+        return SumiOutput(logits=logits, loss=loss, metrics=metrics, last_hidden_state=kept)
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+              validate: bool = True) -> torch.Tensor:
+        """Embeddings → blocks → final norm: hidden states [B,S,D] (the forward without the head)."""
         if validate:
             self.check_input_ids(input_ids)
         key_mask = None
@@ -342,55 +414,4 @@ class SumiForMaskGeneration(nn.Module):
             key_mask = attention_mask.to(torch.bool)
             if bool(key_mask.all()):
                 key_mask = None  # nothing masked: let SDPA take its unmasked fast path
-        hidden = self.model(input_ids, key_mask)
-        logits = self.lm_head(hidden)
-        if labels is None:
-            if t is not None:
-                raise InputError("t was given without labels; pass labels (the clean ids) to get a loss")
-            return SumiOutput(logits=logits)
-        if validate:
-            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.config.vocab_size))
-            if bool(bad.any()):
-                raise InputError(f"labels must be -100 (ignored) or ids in [0, {self.config.vocab_size})")
-        if self.config.is_causal:  # the AR baseline: next-token cross-entropy, no diffusion time
-            from sumi.diffusion.loss import causal_lm_loss
-
-            loss, metrics = causal_lm_loss(logits, labels)
-            return SumiOutput(logits=logits, loss=loss, metrics=metrics)
-        if t is None:
-            raise InputError(
-                "labels were given without t: the Sumi loss needs the diffusion time t in (0,1) per sequence "
-                "[B], [B,1] or per token [B,S]"
-            )
-        from sumi.diffusion.loss import sumi_loss
-
-        loss, metrics = sumi_loss(
-            logits, input_ids, labels, t,
-            beta_is=self.config.uniform_diffusion_beta_is,
-            z_loss=self.config.uniform_diffusion_z_loss_strength,
-        )
-        return SumiOutput(logits=logits, loss=loss, metrics=metrics)
-
-    # ------------------------------------------------------------------ conveniences
-    def save_pretrained(self, directory: str | Path, *, max_shard_size: int | str = "5GB",
-                        dtype: torch.dtype | None = None) -> Path:
-        """Write the release layout (config.json, generation_config.json, safetensors). See sumi.checkpoint."""
-        from sumi.checkpoint import save_model
-
-        return save_model(self, directory, max_shard_size=max_shard_size, dtype=dtype)
-
-    generation_config = None
-    """A ``transformers.GenerationConfig`` whose explicit fields override the release's generate defaults (set
-    from ``generation_config.json`` by :func:`sumi.load_model`)."""
-
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 generation_config=None, **kwargs):
-        """The released model's ``generate`` (``sequences`` with the prompt, ``canvas``) with transformers'
-        conventions; see :mod:`sumi.generation`. :func:`sumi.generate` is sumi's richer sampling API."""
-        from sumi.generation import release_generate
-
-        return release_generate(self, input_ids, attention_mask, generation_config, **kwargs)
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        return True
+        return self.model(input_ids, key_mask)

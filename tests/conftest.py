@@ -26,10 +26,10 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    from sumi.model import SumiForMaskGeneration
+    from sumi.release import Sumi
 
     torch.manual_seed(0)
-    return SumiForMaskGeneration.from_config(tiny_config, seed=0).eval()
+    return Sumi.from_config(tiny_config, seed=0).eval()
 
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -53,10 +53,10 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     """A self-contained model directory: sumi-tiny weights (seed 0, untrained), config, tokenizer files."""
     from sumi.config import sumi_tiny
-    from sumi.model import SumiForMaskGeneration
+    from sumi.release import Sumi
 
     directory = tmp_path_factory.mktemp("tiny_model")
-    model = SumiForMaskGeneration.from_config(sumi_tiny(), seed=0)
+    model = Sumi.from_config(sumi_tiny(), seed=0)
     model.save_pretrained(directory)
     tiny_tokenizer.save_pretrained(directory)
     return directory

@@ -41,6 +41,7 @@ def test_simple_evaluate_local_tasks(cli_run, tiny_model_dir, tiny_tokenizer):
     from lm_eval.tasks import TaskManager
 
     import sumi
+    import sumi.integrations.lm_eval  # noqa: F401  (registers model="sumi")
     from sumi.eval.nelbo import score
 
     assert "sumi" in model_registry and "hf" in model_registry  # registered without hiding the built-ins
@@ -121,10 +122,13 @@ def test_lm_eval_argv_and_bad_model_args(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("order", ["sumi first", "lm_eval first"])
-def test_import_sumi_registers_lazily(order):
+def test_registration_is_an_explicit_lazy_import(order):
+    """`import sumi` alone registers nothing; `import sumi.integrations.lm_eval` registers the backend lazily
+    (the backend module is not imported) without hiding lm-eval's built-in models."""
     imports = "import sumi; import lm_eval.api.registry as r" if order == "sumi first" else \
         "import lm_eval.api.registry as r; import sumi"
-    code = (f"{imports}; import sys; "
-            "print('sumi' in r.model_registry, 'hf' in r.model_registry, 'sumi.eval.lm_eval_backend' in sys.modules)")
+    code = (f"{imports}; import sys; before = 'sumi' in r.model_registry; import sumi.integrations.lm_eval; "
+            "print(before, 'sumi' in r.model_registry, 'hf' in r.model_registry, "
+            "'sumi.eval.lm_eval_backend' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True", "False"], out.stderr[-2000:]

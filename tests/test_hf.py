@@ -23,6 +23,7 @@ from sumi.model import SumiForMaskGeneration  # noqa: E402
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration  # noqa: E402
 
+import sumi.integrations.hf  # noqa: E402,F401  (registers the Auto classes)
 from sumi.hf import SumiHFConfig, SumiHFForMaskGeneration  # noqa: E402
 
 # The release's config.json points at remote code; sumi must load it without trust_remote_code.
@@ -47,7 +48,7 @@ def release_dirs(tmp_path_factory):
     """Single-file fp32, sharded fp32 and sharded bf16 directories of the same seeded tiny model."""
     from sumi.config import sumi_tiny
 
-    model = SumiForMaskGeneration.from_config(sumi_tiny(), seed=0)
+    model = sumi.Sumi.from_config(sumi_tiny(), seed=0)
     dirs = {}
     for name, kwargs in {"single": {}, "sharded": {"max_shard_size": "100KB"},
                          "bf16": {"max_shard_size": "100KB", "dtype": torch.bfloat16}}.items():
@@ -181,11 +182,14 @@ def test_invalid_config_is_a_config_error():
         SumiHFConfig(num_attention_heads=4, num_key_value_heads=3)
 
 
-def test_import_hook_registers_when_transformers_comes_later(release_dirs):
-    """`import sumi` before transformers: the post-import hook registers the classes on transformers' import."""
+def test_registration_is_an_explicit_import(release_dirs):
+    """`import sumi` leaves transformers alone (not imported, no import hook); `import sumi.integrations.hf`
+    registers the Auto classes, whatever was imported before it."""
     code = (
-        "import sys, sumi; assert 'transformers' not in sys.modules; "
+        "import sys, sumi; assert 'transformers' not in sys.modules, 'import sumi imported transformers'; "
+        "assert not any('sumi' in type(f).__module__ for f in sys.meta_path), 'import sumi installed a finder'; "
         "from transformers import AutoConfig; "
+        "import sumi.integrations.hf; "
         f"c = AutoConfig.from_pretrained({str(release_dirs['single'])!r}); print(type(c).__name__)"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1")

@@ -215,6 +215,45 @@ def test_lazy_head_equals_full_forward(tiny_model, temperature, top_k):
     assert torch.equal(fast.canvas, full.canvas)
 
 
+class PassThrough(nn.Module):
+    """A user's wrapper in the style of DDP / torch.compile / PEFT: forwards every argument unchanged."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+def test_wrapped_model_keeps_the_split_head_fast_path(tiny_model):
+    """The sampler talks to the model only through its forward's keywords, so a pass-through wrapper keeps
+    the fast path: the head sees only the positions the ancestral step asks for, and the tokens are those of
+    the bare model."""
+    head_rows = []
+    hook = tiny_model.lm_head.register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[:-1].numel()))
+    kw = dict(max_new_tokens=12, canvas_length=32, sampler="ancestral", num_denoising_steps=16, seed=13)
+    try:
+        bare = generate(tiny_model, [[0, 9, 8], [0, 4]], **kw)
+        bare_rows, head_rows[:] = list(head_rows), []
+        wrapped = generate(PassThrough(tiny_model), [[0, 9, 8], [0, 4]], **kw)
+    finally:
+        hook.remove()
+    assert torch.equal(bare.canvas, wrapped.canvas) and bare.nfe == wrapped.nfe
+    assert head_rows == bare_rows
+    assert sum(head_rows) < bare.nfe * 2 * 32  # far fewer head rows than full forwards would run
+
+
+def test_forward_logits_at_and_hidden_reuse_equal_the_full_forward(tiny_model):
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.rand(2, 20, generator=torch.Generator().manual_seed(1)) < 0.3
+    full = tiny_model(ids)
+    selected = tiny_model(ids, logits_at=mask, return_last_hidden_state=True)
+    torch.testing.assert_close(selected.logits, full.logits[mask])
+    again = tiny_model(None, last_hidden_state=selected.last_hidden_state)
+    torch.testing.assert_close(again.logits, full.logits)
+
+
 def test_chunked_row_reductions_equal_full(monkeypatch):
     import sumi.sampling.posterior as posterior
 

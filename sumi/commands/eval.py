@@ -61,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
         import lm_eval.__main__ as lm_eval_main
     except ModuleNotFoundError as exc:
         raise ConfigError(f"lm-eval is not installed ({exc}); install sumi-lm[eval]") from exc
-    import sumi  # noqa: F401  (installs the post-import hook that registers the backend)
-    import sumi.integrations.lm_eval as integration
-
-    integration.register()  # lm_eval.api.registry may already be imported by now
+    import sumi.integrations.lm_eval  # noqa: F401  (registers model="sumi" with lm-eval)
     extra = list(getattr(args, "extra_args", []) or [])
     argv = ["--help"] if args.lm_eval_help else lm_eval_argv(extra)
     if not extra and not args.lm_eval_help:

@@ -18,10 +18,20 @@ from pathlib import Path
 
 import torch
 
+import sumi.convert.dcp as dcp_io
+from sumi._io import staged_directory
+from sumi.checkpoint import (
+    is_model_dir,
+    iter_checkpoint_tensors,
+    load_model,
+    output_errors,
+    resolve_dtype,
+    save_model,
+)
 from sumi.config import CONFIG_NAME, PRESETS, SumiConfig, get_preset
-from sumi.convert import dcp as dcp_io
 from sumi.convert import megatron
 from sumi.errors import CheckpointError, ConfigError
+from sumi.model import SumiForMaskGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +54,6 @@ def resolve_config(spec: SumiConfig | str | Path | None) -> SumiConfig | None:
 
 def detect_format(path: str | Path) -> str:
     """``release``, ``dcp`` or ``megatron``; raises :class:`CheckpointError` naming what was expected."""
-    from sumi.checkpoint import is_model_dir
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -75,8 +83,6 @@ def detect_format(path: str | Path) -> str:
 
 def _as_model(state: dict[str, torch.Tensor], config: SumiConfig):
     """Check names and shapes by loading into a meta-built model (no copy: assign=True)."""
-    from sumi.model import SumiForMaskGeneration
-
     with torch.device("meta"):
         model = SumiForMaskGeneration(config)
     expected = model.state_dict()
@@ -137,9 +143,6 @@ def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_f
         dtype: dtype of the written tensors; default keeps the source's.
         tokenizer: directory whose tokenizer files are copied next to a release output.
     """
-    from sumi._io import staged_directory
-    from sumi.checkpoint import load_model, output_errors, resolve_dtype
-
     src, dst = Path(src), Path(dst)
     if src_format == "auto":
         src_format = detect_format(src)
@@ -172,7 +175,7 @@ def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_f
     # Built aside and swapped in whole: with --force the old output survives a failure (full disk, Ctrl-C).
     with output_errors(dst), staged_directory(dst) as staging:
         if dst_format == "release":
-            model.save_pretrained(staging, max_shard_size=max_shard_size, dtype=target_dtype)
+            save_model(model, staging, max_shard_size=max_shard_size, dtype=target_dtype)
             _copy_tokenizer(Path(tokenizer) if tokenizer else None, staging)
         else:
             state = {k: (v.to(target_dtype) if target_dtype else v) for k, v in model.state_dict().items()}
@@ -183,8 +186,6 @@ def convert(src: str | Path, dst: str | Path, *, src_format: str = "auto", dst_f
 
 def _stored_dtype(directory: Path) -> torch.dtype:
     """The dtype the release's tensors are stored in (load_model would otherwise upcast bf16 on CPU)."""
-    from sumi.checkpoint import iter_checkpoint_tensors
-
     for _, tensor, _ in iter_checkpoint_tensors(directory):
         return tensor.dtype
     raise CheckpointError(f"{directory} holds no tensors")

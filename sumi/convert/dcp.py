@@ -22,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from sumi.config import CONFIG_NAME, SumiConfig
 from sumi.errors import CheckpointError, ConfigError
+from sumi.train.config import ModelSection
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +126,6 @@ def config_of(path: str | Path) -> SumiConfig | None:
         return SumiConfig.from_json_file(path / CONFIG_NAME)
     run_file = path / RUN_CONFIG_FILE
     if run_file.is_file():
-        import yaml
-
-        from sumi.train.config import ModelSection
-
         try:
             run = yaml.safe_load(run_file.read_bytes()) or {}
             return ModelSection(**run.get("model", {})).build()

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+import sumi.convert.dcp as dcp_io
 from sumi.config import SumiConfig
-from sumi.convert import dcp as dcp_io
 from sumi.errors import CheckpointError
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import numpy as np
 from sumi.data.shards import SPLITS, Manifest, ShardError
 from sumi.data.streams import IndexPermutation
 from sumi.errors import ConfigError, InputError
+from sumi.tokenizer import SumiTokenizer
 
 
 class PackedDataset:
@@ -100,8 +101,6 @@ class PackedDataset:
 
     def tokenizer(self):
         """The tokenizer stored with the shards."""
-        from sumi.tokenizer import SumiTokenizer
-
         return SumiTokenizer.from_pretrained(self.shard_dir)
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from sumi.diffusion.schedule import log_snr_from_alpha
 from sumi.errors import ConfigError
 
 MixingKind = Literal["uniform", "mask", "hybrid"]
@@ -102,8 +103,6 @@ class MixingDistribution:
         """
         alpha = torch.as_tensor(alpha, dtype=torch.float32, device=x.device).expand(x.shape)
         if log_snr is None:
-            from sumi.diffusion.schedule import log_snr_from_alpha
-
             log_snr = log_snr_from_alpha(alpha)
         keep = torch.rand(x.shape, generator=generator, device=x.device) < alpha
         noise = self.sample(log_snr.expand(x.shape), generator=generator)

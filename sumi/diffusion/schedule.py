@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sumi.errors import ConfigError
+
 LOG_SNR_MIN = -9.0
 LOG_SNR_MAX = 9.0
 ALPHA_EPS = 1e-12
@@ -64,8 +66,6 @@ class TimeSampler:
     """Fraction of sequences whose tokens get independent t (0 = always per sequence)."""
 
     def __post_init__(self) -> None:
-        from sumi.errors import ConfigError
-
         if not self.log_snr_min < self.log_snr_max:
             raise ConfigError(f"log_snr_min={self.log_snr_min} must be < log_snr_max={self.log_snr_max}")
         if not 0.0 <= self.per_token_fraction <= 1.0:

@@ -24,6 +24,7 @@ import torch
 from lm_eval.api.model import LM
 
 from sumi.checkpoint import resolve_model
+from sumi.diffusion import uniform
 from sumi.errors import ConfigError
 from sumi.eval.nelbo import (
     EncodedPair,
@@ -232,7 +233,6 @@ class SumiLM(LM):
     def _noise(self, prompts: list[list[int]]) -> torch.Tensor:
         """Starting canvases [B, canvas], each row drawn from its own seed (prompt ids, seed): a request's
         generation does not depend on which other requests share its batch."""
-        from sumi.diffusion import uniform
         from sumi.eval.nelbo import model_device, request_seed
 
         mixing = uniform(int(self.model.config.vocab_size))

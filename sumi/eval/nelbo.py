@@ -40,6 +40,7 @@ from sumi.checkpoint import resolve_model
 from sumi.diffusion import alpha_from_log_snr, gidd_terms, log_snr_from_alpha, uniform
 from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
 from sumi.errors import ConfigError, InputError
+from sumi.model import takes_sampler_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -289,23 +290,21 @@ def model_device(model) -> torch.device:
 
 
 def logits_at(model, canvas: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Logits [B, N, V] (fp32) at ``positions`` [B, N] of ``canvas`` [B, L].
+    """Logits [B, N, V] (fp32) at ``positions`` [B, N] of ``canvas`` [B, L] (positions may repeat).
 
-    For a :class:`SumiForMaskGeneration` the head runs only on the gathered hidden states (the head over
+    A model whose forward takes ``logits_at`` (:func:`sumi.model.takes_sampler_keywords`: sumi's model, or a
+    wrapper passing keywords through) runs its head only on the distinct asked-for positions (the head over
     every canvas position dominates memory for a 100k vocabulary); other modules take the full forward.
     """
-    from sumi.model import SumiForMaskGeneration
-
+    vocab = model.config.vocab_size
+    mask = torch.zeros(canvas.shape, dtype=torch.bool, device=canvas.device).scatter_(1, positions, True)
+    out = model(canvas, logits_at=mask) if takes_sampler_keywords(model) else model(canvas)
+    logits = getattr(out, "logits", out)
+    if logits.dim() == 2:  # [n, V] at the mask's positions in row-major order: find each asked position's row
+        flat_row = (mask.flatten().cumsum(0) - 1).view(mask.shape).gather(1, positions)
+        return logits[flat_row][..., :vocab].float()
     index = positions[..., None]
-    if isinstance(model, SumiForMaskGeneration):
-        model.check_input_ids(canvas)
-        hidden = model.model(canvas, None)
-        hidden = hidden.gather(1, index.expand(-1, -1, hidden.shape[-1]))
-        logits = model.lm_head(hidden)
-    else:
-        logits = model(canvas).logits
-        logits = logits.gather(1, index.expand(-1, -1, logits.shape[-1]))
-    return logits[..., :model.config.vocab_size].float()
+    return logits.gather(1, index.expand(-1, -1, logits.shape[-1]))[..., :vocab].float()
 
 
 def request_seed(seed: int, prompt: Sequence[int], target: Sequence[int]) -> int:

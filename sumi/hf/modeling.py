@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from sumi.checkpoint import is_model_dir, iter_checkpoint_tensors, load_model, resolve_dtype, save_model
 from sumi.config import SUMI_BOS_ID, SUMI_EOS_ID, SUMI_PAD_ID, SUMI_VOCAB_SIZE, SumiConfig
 from sumi.errors import InputError
 from sumi.model import ATTN_IMPLEMENTATIONS, RotaryEmbedding, SumiForMaskGeneration, SumiModel
+from sumi.sampling import GenerationOutput, SamplingConfig, generate
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +155,6 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
 
     @classmethod
     def _stream_load(cls, path: Path, config: SumiHFConfig | None, kwargs: dict[str, Any]) -> SumiHFForMaskGeneration:
-        from sumi.checkpoint import load_model, resolve_dtype
-
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if dtype is None or dtype == "auto":
             dtype = _auto_dtype(path)
@@ -216,6 +216,11 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         plain.train(self.training)
         return plain
 
+    def generate(self, input_ids: torch.Tensor | list[list[int]] | None = None,
+                 config: SamplingConfig | None = None, **kwargs: Any) -> GenerationOutput:
+        """sumi's diffusion sampler, not transformers' autoregressive loop: :func:`sumi.sampling.generate`."""
+        return generate(self, input_ids, config, **kwargs)
+
     # ------------------------------------------------------------------ saving
     def save_pretrained(
         self,
@@ -232,8 +237,6 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         names and shard naming. Accepts transformers' ``is_main_process`` / ``state_dict`` / ``max_shard_size``
         so ``Trainer`` can call it; pickled (``safe_serialization=False``) and hub pushes are refused.
         """
-        from sumi.checkpoint import save_model
-
         if push_to_hub:
             raise InputError("save_pretrained(push_to_hub=True) is not supported; save, then `hf upload DIR`")
         if not safe_serialization:
@@ -256,8 +259,6 @@ _STREAMABLE_KWARGS = frozenset({
 
 
 def _plain_load(path: Path, kwargs: dict[str, Any]) -> bool:
-    from sumi.checkpoint import is_model_dir
-
     if not path.is_dir() or not is_model_dir(path) or set(kwargs) - _STREAMABLE_KWARGS:
         return False
     if kwargs.get("adapter_kwargs") and kwargs["adapter_kwargs"].get("_adapter_model_path"):
@@ -272,7 +273,6 @@ def _auto_dtype(path: Path) -> torch.dtype:
     """transformers' ``dtype="auto"``: config.json's ``dtype`` (or ``torch_dtype``), else the first tensor's."""
     import json
 
-    from sumi.checkpoint import iter_checkpoint_tensors, resolve_dtype
 
     raw = json.loads((path / "config.json").read_text())
     stored = raw.get("dtype", raw.get("torch_dtype"))

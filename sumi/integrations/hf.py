@@ -1,4 +1,4 @@
-"""Register sumi with ``transformers``' Auto classes (run by ``import sumi`` once transformers is imported).
+"""``import sumi.integrations.hf`` registers sumi with ``transformers``' Auto classes.
 
 After it, ``AutoConfig`` / ``AutoModel`` / ``AutoModelForMaskGeneration`` ``.from_pretrained(dir)`` load a
 release-layout directory (``model_type: "sumi"``) with sumi's own classes and no ``trust_remote_code``, even when
@@ -7,13 +7,16 @@ release-layout directory (``model_type: "sumi"``) with sumi's own classes and no
 
 from __future__ import annotations
 
+from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
+
+from sumi.hf.modeling import SumiHFConfig, SumiHFForMaskGeneration
+
 
 def register() -> None:
-    """Idempotent: registering twice is a no-op."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
-
-    from sumi.hf.modeling import SumiHFConfig, SumiHFForMaskGeneration
-
+    """Register the config and model classes. Idempotent: registering twice is a no-op."""
     AutoConfig.register(SumiHFConfig.model_type, SumiHFConfig, exist_ok=True)
     for auto in (AutoModel, AutoModelForMaskGeneration):
         auto.register(SumiHFConfig, SumiHFForMaskGeneration, exist_ok=True)
+
+
+register()

@@ -22,6 +22,7 @@ import torch
 
 from sumi.diffusion import alpha_from_log_snr, uniform
 from sumi.errors import InputError
+from sumi.model import takes_sampler_keywords
 from sumi.sampling.canvas import parse_prompts, plan_canvas
 from sumi.sampling.config import SamplingConfig
 from sumi.sampling.fewstep import psi_step, threshold_step
@@ -145,12 +146,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def forward_logits(model: torch.nn.Module, canvas: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """fp32 logits [B, C, V] of a full canvas (no padding mask: every canvas position is a real token)."""
-    from sumi.model import SumiForMaskGeneration
-
-    if isinstance(model, SumiForMaskGeneration):
-        out = model(canvas, validate=False)  # ids were validated once, before the loop
-    else:
-        out = model(canvas)
+    out = model(canvas, validate=False) if takes_sampler_keywords(model) else model(canvas)
     logits = getattr(out, "logits", out)
     return logits[..., :vocab_size].float()  # a training run may pad the vocabulary
 
@@ -162,17 +158,17 @@ class LogitSource:
       so a step that needs no logits (e.g. an ancestral step where every position keeps its token) costs none.
     * **Per-row reuse**: only rows whose canvas changed since their last forward are recomputed (valid because
       the model does not see λ).
-    * **Split head**: for :class:`~sumi.model.SumiForMaskGeneration` the trunk (embeddings → blocks → norm) runs
-      on the rows, and ``lm_head`` (~40% of a forward at vocab 32k) only on the positions requested through
-      :meth:`at`; other models run their full forward.
-    ``nfe`` counts forward calls actually made.
+    * **Split head**: a model whose forward takes the sampler keywords of
+      :meth:`sumi.model.SumiForMaskGeneration.forward` (itself, or a wrapper passing keywords through: DDP,
+      ``torch.compile``, PEFT) runs its trunk on the changed rows (``return_last_hidden_state``) and its head
+      only on the positions requested through :meth:`at` (``last_hidden_state`` + ``logits_at``, ~40% of a
+      forward at vocab 32k saved); any other model runs its full forward.
+    ``nfe`` counts forward calls of the trunk actually made.
     """
 
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
-        from sumi.model import SumiForMaskGeneration
-
         self.model, self.vocab_size = model, vocab_size
-        self.split = isinstance(model, SumiForMaskGeneration)
+        self.split = takes_sampler_keywords(model)
         self.canvas: torch.Tensor | None = None
         self.pending: torch.Tensor | None = None
         self.hidden: torch.Tensor | None = None
@@ -186,8 +182,29 @@ class LogitSource:
             changed_rows = torch.ones(canvas.shape[0], dtype=torch.bool, device=canvas.device)
         self.pending = changed_rows if self.pending is None else self.pending | changed_rows
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(hidden)[..., : self.vocab_size].float()
+    def _head(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, C, V] from hidden states [B, C, D], or [n, V] at the True positions of ``mask``."""
+        out = self.model(None, last_hidden_state=hidden, logits_at=mask, validate=False)
+        return out.logits[..., : self.vocab_size].float()
+
+    def _forward(self, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(hidden [b, C, D], None) from the trunk alone when the model splits, else (None, logits [b, C, V])."""
+        if self.split:
+            nothing = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+            try:
+                out = self.model(ids, logits_at=nothing, return_last_hidden_state=True, validate=False)
+            except TypeError as exc:  # a wrapper passing **kwargs to a model without these keywords
+                if "unexpected keyword" not in str(exc):
+                    raise
+                out = None
+            hidden = getattr(out, "last_hidden_state", None)
+            if hidden is not None:
+                return hidden, None
+            self.split = False  # the keywords were not honoured: full forwards from now on
+            logits = getattr(out, "logits", out)
+            if isinstance(logits, torch.Tensor) and logits.dim() == 3:  # it ran the full forward anyway
+                return None, logits[..., : self.vocab_size].float()
+        return None, forward_logits(self.model, ids, self.vocab_size)
 
     def _ensure(self) -> None:
         if self.pending is None or not bool(self.pending.any()):
@@ -195,8 +212,8 @@ class LogitSource:
         everything = (self.hidden is None and self.logits is None) or bool(self.pending.all())
         rows = None if everything else self.pending.nonzero().squeeze(-1)
         ids = self.canvas if rows is None else self.canvas[rows]
-        if self.split:
-            hidden = self.model.model(ids, None)
+        hidden, logits = self._forward(ids)
+        if hidden is not None:
             if rows is None:
                 self.hidden, self.logits = hidden, None
             else:
@@ -204,9 +221,11 @@ class LogitSource:
                 if self.logits is not None:
                     self.logits[rows] = self._head(hidden)
         elif rows is None:
-            self.logits = forward_logits(self.model, ids, self.vocab_size)
+            self.logits = logits
         else:
-            self.logits[rows] = forward_logits(self.model, ids, self.vocab_size)
+            if self.logits is None:  # switched from split to full forwards: materialise the cached rows first
+                self.logits = self._head(self.hidden)
+            self.logits[rows] = logits
         self.nfe += 1
         self.pending = torch.zeros_like(self.pending)
 
@@ -225,7 +244,9 @@ class LogitSource:
         everything = bool(mask.all())
         if self.logits is not None:  # boolean indexing copies: skip it when every position is asked for
             return self.logits.reshape(-1, self.vocab_size) if everything else self.logits[mask]
-        return self._head(self.hidden.reshape(-1, self.hidden.shape[-1]) if everything else self.hidden[mask])
+        if everything:
+            return self._head(self.hidden).reshape(-1, self.vocab_size)
+        return self._head(self.hidden, mask)
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator:

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sumi.errors import ConfigError
 from sumi.serve.engine import END_OF_STREAM, Choice, Engine, Job
 from sumi.serve.protocol import (
     APIError,
@@ -63,8 +64,6 @@ class ServeConfig:
     """Longest time to receive a request body (408 after; a stalled upload no longer holds a connection)."""
 
     def __post_init__(self) -> None:
-        from sumi.errors import ConfigError
-
         if self.max_request_bytes < 64:
             raise ConfigError("max_request_bytes must be at least 64")
         if self.batch_window_ms < 0:

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from sumi._io import check_writable, staged_directory
-from sumi.checkpoint import output_errors
+from sumi.checkpoint import output_errors, save_model
 from sumi.diffusion import TimeSampler, uniform
 from sumi.diffusion.loss import sumi_loss_reference
 from sumi.errors import CheckpointError, ConfigError, SumiError
@@ -464,7 +464,7 @@ class Trainer:
             # Weights and tokenizer are built aside and swapped in together: a failed export (full disk)
             # leaves the previous export whole.
             with output_errors(directory), staged_directory(directory) as staging:
-                plain.save_pretrained(staging)
+                save_model(plain, staging)
                 if tokenizer is not None:  # model_max_length = the positions this model has
                     tokenizer.save_pretrained(staging, model_max_length=self.model_config.max_position_embeddings)
             if tokenizer is None:
