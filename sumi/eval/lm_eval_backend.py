@@ -1,6 +1,6 @@
 """lm-evaluation-harness backend ``sumi``: NELBO log-likelihoods and diffusion sampling (``sumi-model.md`` §5).
 
-Registered as ``model="sumi"`` by :func:`sumi.integrations.lm_eval.register` (``import sumi`` arranges it);
+Registered as ``model="sumi"`` by ``import sumi.integrations.lm_eval`` (``sumi eval`` does it);
 ``model_args`` are the keyword arguments of :class:`SumiLM`, e.g.
 ``pretrained=runs/demo/model,num_timesteps=128,canvas_length=2048,max_rows=64``.
 
