@@ -95,9 +95,9 @@ def test_judge_nll_known_logits_and_padding():
 
 def test_sumi_causal_judge_matches_its_training_loss(tmp_path, tiny_tokenizer):
     from sumi.config import sumi_tiny
-    from sumi.model import SumiForMaskGeneration
+    from sumi.release import Sumi
 
-    causal = SumiForMaskGeneration.from_config(sumi_tiny().replace(is_causal=True), seed=0)
+    causal = Sumi.from_config(sumi_tiny().replace(is_causal=True), seed=0)
     causal.save_pretrained(tmp_path / "judge")
     tiny_tokenizer.save_pretrained(tmp_path / "judge")
     judge = load_judge(tmp_path / "judge")
@@ -148,10 +148,10 @@ def test_hf_causal_lm_judge_matches_transformers_loss(tmp_path, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def causal_judge_dir(tmp_path_factory, tiny_tokenizer):
     from sumi.config import sumi_tiny
-    from sumi.model import SumiForMaskGeneration
+    from sumi.release import Sumi
 
     directory = tmp_path_factory.mktemp("causal_judge")
-    SumiForMaskGeneration.from_config(sumi_tiny().replace(is_causal=True), seed=1).save_pretrained(directory)
+    Sumi.from_config(sumi_tiny().replace(is_causal=True), seed=1).save_pretrained(directory)
     tiny_tokenizer.save_pretrained(directory)
     return directory
 
