@@ -31,6 +31,7 @@ from sumi.config import SUMI_BOS_ID, SUMI_EOS_ID, SUMI_PAD_ID, SUMI_VOCAB_SIZE, 
 from sumi.errors import InputError
 from sumi.model import ATTN_IMPLEMENTATIONS, RotaryEmbedding, SumiForMaskGeneration, SumiModel
 from sumi.sampling import GenerationOutput, SamplingConfig, generate
+from sumi.sampling.config import RELEASE
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,9 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
 
     def generate(self, input_ids: torch.Tensor | list[list[int]] | None = None,
                  config: SamplingConfig | None = None, **kwargs: Any) -> GenerationOutput:
-        """sumi's diffusion sampler, not transformers' autoregressive loop: :func:`sumi.sampling.generate`."""
-        return generate(self, input_ids, config, **kwargs)
+        """sumi's diffusion sampler, not transformers' autoregressive loop: :func:`sumi.sampling.generate`,
+        starting from the released sampler's defaults (:data:`sumi.sampling.config.RELEASE`) like the release."""
+        return generate(self, input_ids, RELEASE if config is None else config, **kwargs)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(
