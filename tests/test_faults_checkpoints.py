@@ -21,7 +21,7 @@ from sumi.cli import main as cli_main
 from sumi.config import sumi_tiny
 from sumi.convert import convert
 from sumi.errors import CheckpointError, InputError
-from sumi.model import SumiForMaskGeneration
+from sumi.release import Sumi
 from sumi.train import Trainer, resolve_run_config
 from sumi.train.checkpointing import Checkpointer
 from sumi.train.metrics import read_metrics
@@ -109,7 +109,7 @@ def test_crafted_metadata_never_runs_on_any_load_path(shards, tmp_path, capsys):
 def test_crafted_non_tensor_entry_is_refused(tmp_path):
     """Optimizer hyper-parameters are stored as pickled bytes; a payload there must not run on resume."""
     marker = tmp_path / "pwned"
-    model = SumiForMaskGeneration.from_config(sumi_tiny(), seed=0)
+    model = Sumi.from_config(sumi_tiny(), seed=0)
     optimizer = torch.optim.AdamW(model.parameters())
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -313,7 +313,7 @@ def test_save_pretrained_on_a_full_disk_keeps_the_old_weights(small_disk, tiny_m
     tiny_model.save_pretrained(model_dir)
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
     fill(small_disk, 64 * 1024)
-    bigger = SumiForMaskGeneration.from_config(sumi_tiny(), seed=1)
+    bigger = Sumi.from_config(sumi_tiny(), seed=1)
     with pytest.raises(CheckpointError, match="No space left on device"):
         bigger.save_pretrained(model_dir)
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
