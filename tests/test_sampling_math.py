@@ -94,6 +94,15 @@ def test_schedules():
     assert cos[4] == pytest.approx(0.0, abs=1e-12)  # α = 1/2 at mid-schedule
 
 
+def test_cosine_schedule_is_the_releases():
+    """The release: τ = linspace(0.999, 1e-3, K + 1), α = 0.5 + 0.5·cos(πτ), λ = logit(α) clipped to ±9 (an earlier
+    version squeezed the cosine into [1e-4, 1 − 1e-4], up to 0.033 off in λ over 64 steps)."""
+    tau = torch.linspace(0.999, 1e-3, 65, dtype=torch.float64)
+    alpha = 0.5 + 0.5 * torch.cos(torch.pi * tau)
+    expected = torch.log(alpha / (1 - alpha)).clamp(-9, 9)
+    torch.testing.assert_close(step_log_snrs(64, "cosine"), expected, rtol=0, atol=1e-12)
+
+
 def test_truncation_topk_topp():
     logits = torch.tensor([[3.0, 1.0, 2.0, 2.0, -1.0]])
     out = truncate_logits(logits, 1.0, top_k=2)  # ties with the 2nd largest are kept
