@@ -29,8 +29,7 @@ import torch  # noqa: E402
 
 from sumi.config import get_preset  # noqa: E402
 from sumi.diffusion import TimeSampler, alpha_from_time, uniform  # noqa: E402
-from sumi.diffusion.loss import sumi_loss as fused_sumi_loss  # noqa: E402
-from sumi.diffusion.loss import sumi_loss_reference as sumi_loss  # noqa: E402
+from sumi.diffusion.loss import sumi_loss, sumi_loss_reference  # noqa: E402
 from sumi.model import SumiForMaskGeneration  # noqa: E402
 from sumi.train.config import OptimizerSection  # noqa: E402
 from sumi.train.optim import build_optimizer  # noqa: E402
@@ -68,7 +67,7 @@ def one_step(model, optimizer, batch, fused: bool) -> float:
     if fused:
         loss = model(z, labels=x, t=t, validate=False).loss
     else:
-        loss = sumi_loss(model(z, validate=False).logits, z, x, t)[0]
+        loss = sumi_loss_reference(model(z, validate=False).logits, z, x, t)[0]
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -131,8 +130,8 @@ def main() -> None:
         result[f"{name}_step_s"] = round(seconds, 3)
         result[f"{name}_tokens_per_s"] = round(tokens / seconds, 1)
         result[f"{name}_gflops"] = round(flops / seconds / 1e9, 1)
-    loss_s = time_loss(cfg, batch, fused_sumi_loss)
-    ref_loss_s = time_loss(cfg, batch, sumi_loss)
+    loss_s = time_loss(cfg, batch, sumi_loss)
+    ref_loss_s = time_loss(cfg, batch, sumi_loss_reference)
     peak = max(peak, matmul_peak())  # again at the end: a shared machine may have been busy at the start
     result["peak_fp32_gflops"] = round(peak, 1)
     for name in variants:

@@ -219,3 +219,26 @@ def test_gidd_terms_rejects_mismatched_vocab():
     with pytest.raises(InputError, match="logits have 5 columns"):
         gidd_terms(LOGITS[None], torch.tensor([1]), torch.tensor([1]), torch.tensor([0.5]), torch.tensor([0.0]),
                    uniform(7))
+
+
+@pytest.mark.parametrize("kind", ["mask", "hybrid"])
+def test_kl_in_log_space_where_the_model_is_very_wrong(kind):
+    """Mask noise, V = 1000, −log x̂(x) = 50, λ = 0, z = mask: KL = α·50 = 25 and w_elbo = 4, so the per-token ELBO
+    is 100 nats. A 1e-12 floor on p_λ capped −log p(x) at 27.6 and gave 53.9. Hybrid: the explicit log-space sum."""
+    vocab, mask_id, x = 1000, 999, 0
+    logits = torch.full((1, vocab), 50.0 - math.log(vocab - 2), dtype=torch.float64)
+    logits[0, x] = 0.0
+    assert float(torch.log_softmax(logits.masked_fill(torch.arange(vocab) == mask_id, -1e6), -1)[0, x]) == \
+        pytest.approx(-50.0, abs=1e-9)
+    mixing = MixingDistribution(vocab_size=vocab, kind=kind, mask_id=mask_id)
+    terms = gidd_terms_at_log_snr(logits, torch.tensor([x]), torch.tensor([mask_id]), torch.zeros(1), mixing)
+    if kind == "mask":
+        assert float(terms.elbo[0]) == pytest.approx(100.0, rel=1e-9)
+    # Any kind: KL equals the explicit V-sized sum computed in log space.
+    alpha = 0.5
+    pi = mixing.pi_vector(torch.zeros(()).double()).double()
+    log_x_hat = torch.log_softmax(logits.masked_fill(torch.arange(vocab) == mask_id, -1e6), -1)[0]
+    q = alpha * torch.nn.functional.one_hot(torch.tensor(x), vocab).double() + (1 - alpha) * pi
+    log_p = torch.logaddexp(math.log(alpha) + log_x_hat, torch.log((1 - alpha) * pi))
+    explicit = torch.where(q > 0, q * (torch.log(q) - log_p), 0.0).sum()
+    assert float(terms.kl[0]) == pytest.approx(float(explicit), rel=1e-9)

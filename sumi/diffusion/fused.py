@@ -25,7 +25,7 @@ import math
 
 import torch
 
-LOG_FLOOR = math.log(1e-12)  # the same floor as sumi.diffusion.loss (kept here to avoid an import cycle)
+from sumi.diffusion.schedule import LOG_FLOOR
 
 
 class UniformLogTerms(torch.autograd.Function):

@@ -16,18 +16,24 @@ one V-sized ``log p_λ`` tensor: no one-hot of x is ever built. All math is in f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from sumi.config import SumiConfig
+from sumi.diffusion.fused import UniformLogTerms
 from sumi.diffusion.mixing import MixingDistribution, uniform
-from sumi.diffusion.schedule import alpha_from_log_snr, alpha_from_time, log_snr_density, log_snr_from_alpha
+from sumi.diffusion.schedule import (
+    LOG_FLOOR,
+    LOG_SNR_MAX,
+    LOG_SNR_MIN,
+    PROB_FLOOR,
+    alpha_from_log_snr,
+    signal_from_time,
+)
 from sumi.errors import InputError
 
-LOG_FLOOR = math.log(1e-12)
-"""Log arguments are clamped at 1e-12 (Sumi §3), so zero-mass ids contribute 0·log(1e-12) = 0."""
 WEIGHT_DENOM_FLOOR = 1e-8
 LOSS_WEIGHT_MAX = 1e3
 ELBO_WEIGHT_MAX = 1e6
@@ -38,7 +44,7 @@ IGNORE_INDEX = -100
 
 def _xlogx(v: torch.Tensor) -> torch.Tensor:
     """v·log v with 0·log 0 = 0 (and the 1e-12 floor on the log)."""
-    return v * torch.log(v.clamp_min(1e-12))
+    return v * torch.log(v.clamp_min(PROB_FLOOR))
 
 
 @dataclass
@@ -61,18 +67,20 @@ class GiddTerms:
 
 
 def loss_weights(z: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, log_snr: torch.Tensor,
-                 mixing: MixingDistribution) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w, w_elbo), clipped to [0, 1e3] and [0, 1e6]. z, x int [..]; alpha, log_snr fp [..] (broadcast)."""
+                 mixing: MixingDistribution, beta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, w_elbo), clipped to [0, 1e3] and [0, 1e6]. z, x int [..]; alpha, log_snr fp [..] (broadcast);
+    ``beta`` = 1 − α when known more exactly than by subtraction (Sumi's loss: β = t)."""
+    beta = 1 - alpha if beta is None else beta
     pi_z = mixing.pi_at(z, log_snr)
     pi_prime_z = mixing.pi_prime_at(z, log_snr)
-    snr_if_clean = torch.where(z == x, alpha / (1 - alpha), 0.0)  # e^λ·1[z = x]; where() avoids inf·0 at α = 1
+    snr_if_clean = torch.where(z == x, alpha / beta, 0.0)  # e^λ·1[z = x]; where() avoids inf·0 at α = 1
     w = (pi_z - pi_prime_z) / torch.clamp(pi_z + snr_if_clean, min=WEIGHT_DENOM_FLOOR)
-    w_elbo = w / torch.clamp(log_snr_density(alpha), min=DENSITY_FLOOR)
+    w_elbo = w / torch.clamp(alpha * beta, min=DENSITY_FLOOR)  # p(λ) = α(1 − α)
     return w.clamp(0, LOSS_WEIGHT_MAX), w_elbo.clamp(0, ELBO_WEIGHT_MAX)
 
 
 def gidd_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
-               log_snr: torch.Tensor, mixing: MixingDistribution) -> GiddTerms:
+               log_snr: torch.Tensor, mixing: MixingDistribution, beta: torch.Tensor | None = None) -> GiddTerms:
     """KL, IS and the weights per token, in closed form.
 
     Args:
@@ -80,6 +88,7 @@ def gidd_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: to
         x: [...] clean ids; z: [...] noisy ids (int64).
         alpha, log_snr: broadcastable to x; α must be σ(λ) of the clipped λ (or 1 − t for Sumi's loss).
         mixing: π_λ; its vocab must equal V.
+        beta: 1 − α, when known more exactly than by subtraction (Sumi's loss passes β = t).
     """
     v_size = logits.shape[-1]
     if v_size != mixing.vocab_size:
@@ -91,7 +100,7 @@ def gidd_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: to
         logits[..., mixing.mask_id] = MASK_LOGIT  # the model never predicts the mask token
     alpha = torch.as_tensor(alpha, dtype=dtype, device=logits.device).expand(x.shape)
     log_snr = torch.as_tensor(log_snr, dtype=dtype, device=logits.device).expand(x.shape)
-    beta = 1 - alpha
+    beta = 1 - alpha if beta is None else torch.as_tensor(beta, dtype=dtype, device=logits.device).expand(x.shape)
     n = mixing.num_uniform
     s = mixing.uniform_fraction(log_snr)
     unif_mass = beta * s / n  # β·π(v) at every non-mask id
@@ -103,7 +112,11 @@ def gidd_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: to
     if mixing.mask_id is not None:
         log_pi_mass = log_pi_mass.clone()
         log_pi_mass[..., mixing.mask_id] = torch.log(mask_mass)
-    log_p = torch.logaddexp(torch.log(alpha)[..., None] + log_x_hat, log_pi_mass).clamp_min(LOG_FLOOR)
+    log_p = torch.logaddexp(torch.log(alpha)[..., None] + log_x_hat, log_pi_mass)
+    if mixing.kind == "uniform":
+        # Sumi's released loss clamps its logs at 1e-12 (it binds only once β/V < 1e-12); the mask and hybrid kinds
+        # stay in log space, where a floor would cap −log p(x) at 27.6 nats and understate the KL.
+        log_p = log_p.clamp_min(LOG_FLOOR)
 
     x_is_mask = mixing.is_mask(x)
     pi_x = torch.where(x_is_mask, mask_mass, unif_mass)
@@ -127,10 +140,12 @@ def gidd_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: to
 
     # Itakura-Saito at the observed z.
     q_z = torch.where(z == x, q_x, torch.where(mixing.is_mask(z), mask_mass, unif_mass))
-    log_r = torch.log(q_z.clamp_min(1e-12)) - log_p.gather(-1, z[..., None]).squeeze(-1)
+    # Both sides of the ratio are floored alike, so an impossible z (q = 0, e.g. a uniform id under pure mask
+    # noise at β = 0) gives r = 1 and IS = 0 instead of ∞ (its weight in any expectation is q = 0).
+    log_r = torch.log(q_z.clamp_min(PROB_FLOOR)) - log_p.gather(-1, z[..., None]).squeeze(-1).clamp_min(LOG_FLOOR)
     itakura_saito = torch.exp(log_r) - log_r - 1
 
-    w, w_elbo = loss_weights(z, x, alpha, log_snr, mixing)
+    w, w_elbo = loss_weights(z, x, alpha, log_snr, mixing, beta)
     return GiddTerms(kl=kl, itakura_saito=itakura_saito, loss_weight=w, elbo_weight=w_elbo)
 
 
@@ -143,8 +158,11 @@ def gidd_terms_at_log_snr(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor
 
 
 def _broadcast_time(t: torch.Tensor | float, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """t of shape [B], [B,1], [B,S] or a scalar → [B,S] fp32, with a clear error otherwise."""
-    t = torch.as_tensor(t, dtype=torch.float32, device=device)
+    """t of shape [B], [B,1], [B,S] or a scalar → [B,S] in t's dtype (fp32 if t is not floating), with a clear
+    error otherwise."""
+    t = torch.as_tensor(t, device=device)
+    if not t.is_floating_point():
+        t = t.float()
     b, s = shape
     if t.dim() == 1 and t.shape[0] == b:
         t = t[:, None]
@@ -172,23 +190,20 @@ def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: to
         (loss, metrics) — loss a differentiable scalar; metrics detached means over counted tokens:
         ``elbo`` (E_tok), ``kl`` (w·KL), ``is`` (w·IS), ``z_loss`` (lse²), ``tokens``.
     """
-    from sumi.diffusion.fused import UniformLogTerms
-
     v_size = vocab_size or logits.shape[-1]
     logits = logits[..., :v_size]
     logits = logits if logits.dtype == torch.float64 else logits.float()  # fp64 kept for exactness tests
-    valid, x, alpha = _loss_inputs(logits, z, labels, t)
-    alpha = alpha.to(logits.dtype)
-    c = (1 - alpha) / v_size  # β·π(v), the same at every id
+    valid, x, alpha, beta = _loss_inputs(logits, z, labels, t)
+    c = beta / v_size  # β·π(v), the same at every id
     log_c = torch.log(c)
     n = z.numel()
     sum_log_p, log_p_x, log_p_z, lse = (v.view(z.shape) for v in UniformLogTerms.apply(
         logits.reshape(n, v_size), x.reshape(n), z.reshape(n), torch.log(alpha).reshape(n), log_c.reshape(n)))
     q_x = alpha + c
     kl = (_xlogx(q_x) + (v_size - 1) * _xlogx(c) - alpha * log_p_x - c * sum_log_p).clamp_min(0)
-    log_r = torch.log(torch.where(z == x, q_x, c).clamp_min(1e-12)) - log_p_z
+    log_r = torch.log(torch.where(z == x, q_x, c).clamp_min(PROB_FLOOR)) - log_p_z
     itakura_saito = torch.exp(log_r) - log_r - 1
-    w, w_elbo = loss_weights(z, x, alpha, log_snr_from_alpha(alpha), uniform(v_size))
+    w, w_elbo = loss_weights(z, x, alpha, _log_snr(alpha, beta), uniform(v_size), beta)
     terms = GiddTerms(kl=kl, itakura_saito=itakura_saito, loss_weight=w, elbo_weight=w_elbo)
     return _token_mean(terms, lse.pow(2), valid, beta_is, z_loss)
 
@@ -200,19 +215,26 @@ def sumi_loss_reference(logits: torch.Tensor, z: torch.Tensor, labels: torch.Ten
     v_size = vocab_size or logits.shape[-1]
     logits = logits[..., :v_size]
     logits = logits if logits.dtype == torch.float64 else logits.float()
-    valid, x, alpha = _loss_inputs(logits, z, labels, t)
-    terms = gidd_terms(logits, x, z, alpha, log_snr_from_alpha(alpha), uniform(v_size))
+    valid, x, alpha, beta = _loss_inputs(logits, z, labels, t)
+    terms = gidd_terms(logits, x, z, alpha, _log_snr(alpha, beta), uniform(v_size), beta)
     return _token_mean(terms, torch.logsumexp(logits, dim=-1).pow(2), valid, beta_is, z_loss)
 
 
 def _loss_inputs(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor,
-                 t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(valid mask, labels with ignored positions set to id 0, α = 1 − t as [B,S] fp32)."""
+                 t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid mask, labels with ignored positions set to id 0, α = 1 − t, β = t), α and β [B,S] formed in t's
+    dtype, then in the logits' compute dtype (fp32, or fp64 for fp64 logits)."""
     if labels.shape != z.shape:
         raise InputError(f"labels shape {tuple(labels.shape)} must equal input_ids shape {tuple(z.shape)}")
     valid = labels != IGNORE_INDEX
     x = torch.where(valid, labels, 0)
-    return valid, x, alpha_from_time(_broadcast_time(t, z.shape, logits.device))
+    alpha, beta = signal_from_time(_broadcast_time(t, z.shape, logits.device))
+    return valid, x, alpha.to(logits.dtype), beta.to(logits.dtype)
+
+
+def _log_snr(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """λ = log α − log β, clipped to [λ_min, λ_max] (as :func:`log_snr_from_alpha`, with the exact β)."""
+    return (torch.log(alpha) - torch.log(beta)).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
 
 
 def _token_mean(terms: GiddTerms, lse_sq: torch.Tensor, valid: torch.Tensor, beta_is: float,
@@ -233,6 +255,20 @@ def _token_mean(terms: GiddTerms, lse_sq: torch.Tensor, valid: torch.Tensor, bet
         "tokens": weight.sum().detach(),
     }
     return (loss_tok * weight).sum() / count, metrics
+
+
+def model_loss(config: SumiConfig, logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor,
+               t: torch.Tensor | float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of a model with ``config`` on its logits: the one function both the trainer and
+    ``model(input_ids, labels=…, t=…)`` call. A causal model (the AR baseline) gets next-token cross-entropy and
+    ignores ``t``; a diffusion model gets :func:`sumi_loss` with the config's β_IS and z-loss strength."""
+    if config.is_causal:
+        return causal_lm_loss(logits, labels)
+    if t is None:
+        raise InputError("labels were given without t: the Sumi loss needs the diffusion time t in (0,1) per "
+                         "sequence [B], [B,1] or per token [B,S]")
+    return sumi_loss(logits, input_ids, labels, t, beta_is=config.uniform_diffusion_beta_is,
+                     z_loss=config.uniform_diffusion_z_loss_strength, vocab_size=config.vocab_size)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

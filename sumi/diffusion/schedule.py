@@ -10,6 +10,7 @@ Shapes: every function is elementwise and broadcasts; tensors are fp32 unless st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,11 @@ from sumi.errors import ConfigError
 LOG_SNR_MIN = -9.0
 LOG_SNR_MAX = 9.0
 ALPHA_EPS = 1e-12
-"""α is clamped to [ALPHA_EPS, 1 − ALPHA_EPS] where it is derived from t (Sumi §3)."""
+"""α is clamped to [ALPHA_EPS, 1 − ALPHA_EPS] where it is derived from t (docs/design.md §2.5)."""
+PROB_FLOOR = 1e-12
+"""Probabilities inside Sumi's loss are floored here before a log (the release's convention)."""
+LOG_FLOOR = math.log(PROB_FLOOR)
+"""log(PROB_FLOOR): the one home of the floor the uniform loss (``loss.py``, ``fused.py``) applies to log p."""
 
 
 def alpha_from_log_snr(log_snr: torch.Tensor, lo: float = LOG_SNR_MIN, hi: float = LOG_SNR_MAX) -> torch.Tensor:
@@ -36,6 +41,13 @@ def log_snr_from_alpha(alpha: torch.Tensor, lo: float = LOG_SNR_MIN, hi: float =
 def alpha_from_time(t: torch.Tensor) -> torch.Tensor:
     """Sumi's parametrisation: α = 1 − t, clamped away from 0 and 1."""
     return (1.0 - t).clamp(ALPHA_EPS, 1 - ALPHA_EPS)
+
+
+def signal_from_time(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α, β) = (1 − t, t), both clamped to [ALPHA_EPS, 1 − ALPHA_EPS], in t's dtype. β is t itself rather than
+    1 − α: recomputing it from α loses up to 1e-4 relative precision in fp32 near the smallest t."""
+    beta = t.clamp(ALPHA_EPS, 1 - ALPHA_EPS)
+    return 1.0 - beta, beta
 
 
 def log_snr_density(alpha: torch.Tensor) -> torch.Tensor:

@@ -198,9 +198,6 @@ class TrainingSection:
     activation_checkpointing_mode: str = "full"
     """``full`` (keep only each block's input) or ``selective`` (keep matmul and attention outputs, recompute
     the elementwise ops: less recompute, more memory)."""
-    fused_loss: bool = True
-    """UDLM: the exact uniform-noise loss with a closed-form backward (``sumi.diffusion.loss.sumi_loss``, the
-    model's own loss); false uses ``sumi_loss_reference`` (autograd through V-sized temporaries, same values)."""
     log_every: int = 10
     """Write a metrics record every this many steps (and at the last step)."""
     eval_every: int = 0

@@ -6,7 +6,7 @@ One optimizer step (``sumi-model.md`` §3)::
         x  = this rank's rows [rank·B, (rank+1)·B) of the global micro-batch, read from the loader  [B, S]
         t  ~ TimeSampler (per sequence, or per token for a share of sequences)                   [B, S]
         z  ~ q(· | x) uniform noise with α = 1 − t                                               [B, S]
-        loss = model(z, labels=x, t=t).loss / accum; backward
+        loss = model_loss(config, model(z).logits, z, x, t) / accum; backward
     clip the global grad norm, AdamW step with lr from the schedule
 
 Each rank reads and noises only its own rows. The data order is a keyed permutation evaluated per position and
@@ -34,7 +34,7 @@ import torch.distributed as dist
 from sumi._io import check_writable, staged_directory
 from sumi.checkpoint import output_errors, save_model
 from sumi.diffusion import TimeSampler, uniform
-from sumi.diffusion.loss import sumi_loss_reference
+from sumi.diffusion.loss import model_loss
 from sumi.errors import CheckpointError, ConfigError, SumiError
 from sumi.finetune.data import SFTBatch
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
@@ -305,13 +305,10 @@ class Trainer:
 
     def _forward(self, z: torch.Tensor, t: torch.Tensor | None, x: torch.Tensor,
                  key_mask: torch.Tensor | None = None) -> SumiOutput:
+        """The model's logits on z, then the one loss on them (``sumi.diffusion.loss.model_loss``)."""
         with self._autocast():
-            if self.causal or self.cfg.training.fused_loss:
-                return self.module(z, attention_mask=key_mask, labels=x, t=t, validate=False)
             logits = self.module(z, attention_mask=key_mask, validate=False).logits
-        c = self.model_config
-        loss, metrics = sumi_loss_reference(logits, z, x, t, beta_is=c.uniform_diffusion_beta_is,
-                                            z_loss=c.uniform_diffusion_z_loss_strength, vocab_size=c.vocab_size)
+            loss, metrics = model_loss(self.model_config, logits, z, x, t)
         return SumiOutput(logits=logits, loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ reductions
