@@ -207,13 +207,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
     if unexpected and strict:
         raise CheckpointError(f"{directory} has unexpected tensor(s) {unexpected[:5]}; pass strict=False to skip")
     model.load_state_dict(materialised, assign=True, strict=not config.tie_word_embeddings)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    # RoPE tables are derived, not stored: build them on the target device.
-    rotary = model.model.rotary
-    rotary.cos = torch.empty(rotary.max_positions, rotary.head_dim, device=device)
-    rotary.sin = torch.empty(rotary.max_positions, rotary.head_dim, device=device)
-    rotary.init_tables()
+    model.tie_embeddings()
+    model.model.rotary.init_tables(device)  # derived, not stored: built on the target device
     model.generation_config = read_generation_config(directory)
     model.eval()
     return model

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sumi.config import SumiConfig
-from sumi.diffusion.loss import causal_lm_loss, sumi_loss
+from sumi.diffusion.loss import model_loss
 from sumi.errors import InputError
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -73,6 +73,15 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
+def rope_tables(head_dim: int, theta: float, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each [max_positions, head_dim] fp32, for the rotate-half pairing: the angle of position p and
+    channel i (and i + head_dim/2) is p·θ^(−2i/head_dim), computed in fp64."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE tables (fp32) for the rotate-half convention: channel i pairs with channel i + head_dim/2."""
 
@@ -82,14 +91,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)
         self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)
 
-    def init_tables(self) -> None:
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
-        angles = torch.outer(torch.arange(self.max_positions, dtype=torch.float64), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        if self.cos.device.type == "meta":
-            return  # shapes only; tables are filled after materialisation (to_empty + init_weights)
-        self.cos = angles.cos().float().to(self.cos.device)
-        self.sin = angles.sin().float().to(self.sin.device)
+    def init_tables(self, device: torch.device | str | None = None) -> None:
+        """Fill the tables (on ``device``, default where they are; on the meta device only shapes exist, and
+        they are filled after materialisation). Every place that needs RoPE tables calls this."""
+        device = torch.device(device) if device is not None else self.cos.device
+        if device.type == "meta":
+            return
+        self.cos, self.sin = (table.to(device) for table in rope_tables(self.head_dim, self.theta,
+                                                                        self.max_positions))
 
     def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cos[:seq_len], self.sin[:seq_len]
@@ -210,7 +219,9 @@ class SumiModel(nn.Module):
 
     def __init__(self, config: SumiConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # The pad row gets no gradient (as in the release): padding_idx only masks the gradient here, since
+        # init_weights overwrites every row.
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList(SumiBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.resolved_head_dim, config.rope_theta, config.max_position_embeddings)
@@ -235,7 +246,12 @@ class SumiForMaskGeneration(nn.Module):
         self.config = config
         self.model = SumiModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
+        self.tie_embeddings()
+
+    def tie_embeddings(self) -> None:
+        """With ``tie_word_embeddings``, make the head share the input embedding's weight (after construction,
+        loading by assignment, or materialisation replaced either): the one place weights are tied."""
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     # ------------------------------------------------------------------ construction helpers
@@ -384,19 +400,7 @@ class SumiForMaskGeneration(nn.Module):
             bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.config.vocab_size))
             if bool(bad.any()):
                 raise InputError(f"labels must be -100 (ignored) or ids in [0, {self.config.vocab_size})")
-        if self.config.is_causal:  # the AR baseline: next-token cross-entropy, no diffusion time
-            loss, metrics = causal_lm_loss(logits, labels)
-            return SumiOutput(logits=logits, loss=loss, metrics=metrics, last_hidden_state=kept)
-        if t is None:
-            raise InputError(
-                "labels were given without t: the Sumi loss needs the diffusion time t in (0,1) per sequence "
-                "[B], [B,1] or per token [B,S]"
-            )
-        loss, metrics = sumi_loss(
-            logits, input_ids, labels, t,
-            beta_is=self.config.uniform_diffusion_beta_is,
-            z_loss=self.config.uniform_diffusion_z_loss_strength,
-        )
+        loss, metrics = model_loss(self.config, logits, input_ids, labels, t)
         return SumiOutput(logits=logits, loss=loss, metrics=metrics, last_hidden_state=kept)
 
     def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,

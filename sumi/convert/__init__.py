@@ -101,8 +101,7 @@ def _as_model(state: dict[str, torch.Tensor], config: SumiConfig):
             raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, but the config implies "
                                   f"{tuple(expected[name].shape)} — is --config the right architecture?")
     model.load_state_dict(state, assign=True, strict=not config.tie_word_embeddings)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_embeddings()
     return model
 
 

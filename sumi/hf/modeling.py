@@ -129,8 +129,7 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         self.sumi_config = config.to_sumi_config()
         self.model = SumiModel(self.sumi_config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_embeddings()
         self.set_attn_implementation(config._attn_implementation or "sdpa")
         self.post_init()
 
@@ -194,8 +193,7 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
     def init_weights(self, seed: int | None = None) -> None:
         """sumi's initialisation (seeded normal, depth-scaled residual projections), then tie if configured."""
         SumiForMaskGeneration.init_weights(self, seed=seed)
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
