@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,10 @@ from sumi.diffusion.loss import model_loss
 from sumi.errors import CheckpointError, ConfigError, SumiError
 from sumi.finetune.data import SFTBatch
 from sumi.model import IGNORE_INDEX, SumiForMaskGeneration, SumiOutput
+from sumi.tokenizer import load_tokenizer
 from sumi.train.checkpointing import Checkpointer, decode_rng, encode_rng, load_model_weights
 from sumi.train.config import RunConfig
+from sumi.train.data import LoaderFactory, check_prepared, packed_loader_factory, prepare_run_data
 from sumi.train.metrics import MetricsLogger, plot_loss_curve
 from sumi.train.noising import noise_rows
 from sumi.train.optim import LRSchedule, LRScheduler, build_optimizer
@@ -69,63 +71,14 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-LoaderFactory = Callable[[str, int, int, int, int], Any]
-"""(split, per-rank batch size B, seed, rank, world size) → an iterable of LongTensor [B, seq_len] with
-state_dict(): rank r's rows [r·B, (r+1)·B) of each global batch of B·world size rows, whose order must not
-depend on the world size (as ``sumi.data.PackedLoader``'s)."""
-
-
-def packed_loader_factory(shard_dir: str | Path, vocab_size: int | None = None) -> LoaderFactory:
-    """Read ``sumi.data.PackedLoader`` shards; each rank reads only its own rows of every global batch.
-
-    Train batches are shuffled and endless. Held-out batches are shuffled with the fixed evaluation seed (so the
-    first batches sample all held-out documents, the same ones at every evaluation) and keep the last partial
-    batch. Both splits are verified against their sha256 checksums when first opened; the held-out split, which
-    is re-opened at every evaluation, is checked by size afterwards.
-    """
-    from sumi.data import PackedLoader
-
-    opened: set[str] = set()
-
-    def make(split: str, batch_size: int, seed: int, rank: int, world_size: int):
-        verify = "checksum" if split not in opened else "size"
-        opened.add(split)
-        if split == "train":
-            return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=rank,
-                                world_size=world_size, vocab_size=vocab_size, verify=verify)
-        return PackedLoader(shard_dir, split=split, batch_size=batch_size, seed=seed, rank=rank,
-                            world_size=world_size, drop_last=False, verify=verify, vocab_size=vocab_size)
-
-    return make
-
-
-SPECIAL_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
-
-
-def with_shard_vocab(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the model's vocab size and special ids taken from the shards' tokenizer unless overridden.
-
-    They are written into ``model.overrides``, so the config saved with each checkpoint rebuilds the model alone.
-    """
-    overrides = dict(cfg.model.overrides)
-    data = cfg.data
-    if cfg.data.shard_dir and Path(cfg.data.shard_dir, "manifest.json").is_file():
-        from sumi.data import Manifest
-
-        manifest = Manifest.load(cfg.data.shard_dir)
-        for key in SPECIAL_FIELDS:
-            overrides.setdefault(key, int(manifest.tokenizer[key]))
-        if manifest.seq_len != data.seq_len:  # the loader reads the shards' canvases; the saved config says so
-            logger.info("data.seq_len=%d taken from the shards (config said %d)", manifest.seq_len, data.seq_len)
-            data = replace(data, seq_len=manifest.seq_len)
-    return replace(cfg, model=replace(cfg.model, overrides=overrides), data=data)
-
-
 class Trainer:
-    """Builds model, optimizer, schedule, data and checkpointer from a :class:`RunConfig`, then :meth:`fit`.
+    """Builds model, optimizer, schedule, loaders and checkpointer from a :class:`RunConfig`, then :meth:`fit`.
+
+    The trainer consumes prepared data: shards that exist, and a model config whose vocabulary and special ids
+    are the shards' (:func:`sumi.train.data.prepare_run_data` makes both true; :func:`train` calls it).
 
     Args:
-        cfg: the resolved run configuration.
+        cfg: the resolved run configuration, prepared.
         loader_factory: overrides the packed-shard loader (tests, custom data); see :data:`LoaderFactory`.
         tokenizer: shipped with the exported model; default: ``data.tokenizer`` or the shard directory's.
     """
@@ -134,14 +87,9 @@ class Trainer:
         self.cfg = cfg
         self.env: DistEnv = init_distributed(cfg.training.device)
         self.out_dir = Path(cfg.training.output_dir)
-        if loader_factory is None:
-            if not cfg.data.shard_dir:
-                raise ConfigError("data.shard_dir is required: build shards with `sumi data build` and set "
-                                  "data.shard_dir=<dir> (or data.mixture=<mixture.yaml> to build them first)")
-            self._prepare_shards()
-            cfg = self.cfg = with_shard_vocab(cfg)
         self.model_config = cfg.model.build()
-        if loader_factory is None:
+        if loader_factory is None:  # the shards prepare_run_data built or found, read as they are
+            check_prepared(cfg, self.model_config)
             loader_factory = packed_loader_factory(cfg.data.shard_dir, self.model_config.vocab_size)
         self.loader_factory = loader_factory
         self._tokenizer = tokenizer
@@ -224,26 +172,6 @@ class Trainer:
         return tc.global_batch_size // per_micro
 
     # ------------------------------------------------------------------ data and noise
-    def _prepare_shards(self) -> None:
-        data = self.cfg.data
-        if Path(data.shard_dir).is_dir() or not data.mixture:
-            if not Path(data.shard_dir).is_dir():
-                raise ConfigError(f"data.shard_dir={data.shard_dir!r} does not exist; build it with "
-                                  "`sumi data build` or set data.mixture to build it here")
-            return
-        if self.env.is_main:
-            from sumi.data import MixtureSpec, build_shards
-            from sumi.tokenizer import load_tokenizer
-
-            if not data.tokenizer:
-                raise ConfigError("building shards from data.mixture needs data.tokenizer")
-            spec = (MixtureSpec.from_dict(data.mixture) if isinstance(data.mixture, dict)
-                    else MixtureSpec.from_yaml(data.mixture))
-            build_shards(spec, load_tokenizer(data.tokenizer), data.shard_dir,
-                         seq_len=data.seq_len, heldout_fraction=data.heldout_fraction, seed=self.cfg.training.seed)
-        if dist.is_initialized():
-            dist.barrier()
-
     def _loader(self, split: str, seed: int):
         return self.loader_factory(split, self.cfg.training.micro_batch_size, seed, self.data_rank,
                                    self.data_size)
@@ -473,8 +401,6 @@ class Trainer:
     def tokenizer(self):
         """The tokenizer to ship with the export: the given one, ``data.tokenizer``, or the shards' own."""
         if self._tokenizer is None:
-            from sumi.tokenizer import load_tokenizer
-
             source = self.cfg.data.tokenizer or self.cfg.data.shard_dir
             if source:
                 try:
@@ -597,6 +523,8 @@ def train(cfg: RunConfig, *, resume: str | Path | bool = False, overwrite: bool 
     if int(os.environ.get("RANK", "0")) == 0:
         check_writable(cfg.training.output_dir, "training.output_dir")
         check_run_dir(cfg.training.output_dir, resume=bool(resume), overwrite=overwrite)
+    if kwargs.get("loader_factory") is None:
+        cfg = prepare_run_data(cfg)
     trainer = Trainer(cfg, **kwargs)
     try:
         return trainer.fit(resume=resume, overwrite=overwrite)
