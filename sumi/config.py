@@ -1,7 +1,7 @@
 """The Sumi model configuration: one typed dataclass, presets, and ``config.json`` in the release's key names.
 
 ``SumiConfig`` covers every field of the released ``tohoku-nlp/sumi-7b`` ``config.json`` (see
-``shared/spec/sumi-model.md`` §2). Keys sumi does not interpret (``auto_map``, ``transformers_version``, …) are
+``docs/design.md`` §3). Keys sumi does not interpret (``auto_map``, ``transformers_version``, …) are
 kept in :attr:`SumiConfig.extra` and written back unchanged, so a round trip never loses information.
 
 Presets are named constructors: :func:`sumi_7b` is exactly the release; the smaller ones edit its fields.

@@ -3,7 +3,7 @@
     input_ids [B,S] → embed_tokens → N × Block → norm → lm_head → logits [B,S,V]
     Block:  h = h + attn(input_layernorm(h));  h = h + mlp(post_attention_layernorm(h))
 
-Parameter names equal the release's tensor names (``shared/spec/sumi-model.md`` §2), so loading a checkpoint is
+Parameter names equal the release's tensor names (``docs/design.md`` §3), so loading a checkpoint is
 a dict copy. Parallelism, activation checkpointing and compilation are applied from outside
 (``sumi.train.parallelize``); this module never imports ``torch.distributed``.
 

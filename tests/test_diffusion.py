@@ -1,4 +1,4 @@
-"""GIDD math against the worked numbers of gidd-math.md §2.1, a brute-force V-sized reference, and the
+"""GIDD math against the worked numbers of docs/design.md §2.4, a brute-force V-sized reference, and the
 integral identities (uniform predictor → log N, perfect predictor → 0)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _terms(kind, log_snr, z):
                                  torch.tensor([float(log_snr)], dtype=torch.float64), MIXINGS[kind])
 
 
-# (λ, z, α, w, p(λ), w_elbo, KL, IS, L_tok, E_tok) — the table of gidd-math.md §2.1, pure uniform.
+# (λ, z, α, w, p(λ), w_elbo, KL, IS, L_tok, E_tok) — the table of docs/design.md §2.4, pure uniform.
 UNIFORM_TABLE = [
     (0, 1, 0.5, 0.2, 0.25, 0.8, 0.08548578, 0.07980704, 0.03305856, 0.13223426),
     (0, 2, 0.5, 1.0, 0.25, 4.0, 0.08548578, 0.08203473, 0.16752051, 0.67008205),
@@ -158,7 +158,7 @@ def test_perfect_predictor_has_zero_nelbo():
 
 
 def test_sumi_loss_equals_the_release_formula():
-    """sumi-model.md §3 spelled out for pure uniform noise over all V ids (no mask)."""
+    """docs/design.md §2.5 spelled out for pure uniform noise over all V ids (no mask)."""
     gen = torch.Generator().manual_seed(0)
     v, b, s = 11, 2, 6
     logits = torch.randn(b, s, v, generator=gen)

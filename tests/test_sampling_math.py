@@ -1,5 +1,5 @@
 """Sampler math: worked posterior numbers, mixture vs explicit posterior, fast vs reference (exact and in
-distribution). Sampler tests use small fake models with known logits (STYLE.md point 10)."""
+distribution). Sampler tests use small fake models with known logits (docs/design.md §8)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sumi.sampling.posterior import clean_distribution, sample_rows, truncate_lo
 from sumi.sampling.reference import reference_generate
 from sumi.sampling.steps import ancestral_step
 
-WORKED_LOGITS = [1.0, 2.0, 0.5, -1e6, -1.0]  # gidd-math §2.1 with ℓ[m=3] := −1e6
+WORKED_LOGITS = [1.0, 2.0, 0.5, -1e6, -1.0]  # docs/design.md §2.4 with ℓ[m=3] := −1e6
 
 
 class FakeModel(nn.Module):

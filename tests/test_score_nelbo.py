@@ -47,7 +47,7 @@ def truncated_integral(vocab: int, points: int = 4000) -> float:
 
 
 def test_truncated_integral_matches_spec_worked_number():
-    # gidd-math §2.1: uniform x̂, N = 4, λ ∈ [−9, 9] → 1.385241 (the full integral is log 4).
+    # docs/design.md §2.4: uniform x̂, N = 4, λ ∈ [−9, 9] → 1.385241 (the full integral is log 4).
     assert truncated_integral(4) == pytest.approx(1.385241, abs=2e-6)
 
 

@@ -4,7 +4,7 @@
 ``logaddexp`` → ``clamp`` and lets autograd keep every intermediate; each is a V-sized fp32 tensor
 (131 MB per 1k tokens at V = 32k).
 For uniform noise, everything the loss needs from the V axis is four numbers per token
-(``sumi-model.md`` §3, notation of :mod:`sumi.diffusion.loss`; c = β/V, p(v) = α·x̂(v) + c):
+(``docs/design.md`` §2.5, notation of :mod:`sumi.diffusion.loss`; c = β/V, p(v) = α·x̂(v) + c):
 
     S = Σ_v log p(v),   log p(x),   log p(z),   lse = logsumexp(ℓ)
 

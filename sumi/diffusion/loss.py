@@ -1,4 +1,4 @@
-"""The GIDD loss: KL + Itakura-Saito, its loss and ELBO weights, Sumi's training loss (``gidd-math.md`` §2).
+"""The GIDD loss: KL + Itakura-Saito, its loss and ELBO weights, Sumi's training loss (``docs/design.md`` §2.3).
 
 Per token, with clean id x, noisy id z, logits ℓ [V], α = σ(λ), β = 1 − α and x̂ = softmax(ℓ):
     q_λ(v) = α·1[v = x] + β·π_λ(v)           (data marginal)
@@ -174,7 +174,7 @@ def _broadcast_time(t: torch.Tensor | float, shape: torch.Size, device: torch.de
 def sumi_loss(logits: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, t: torch.Tensor | float, *,
               beta_is: float = 1.0, z_loss: float = 1e-5,
               vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sumi's training loss (``sumi-model.md`` §3): mean over non-ignored tokens of w·KL + β_IS·w·IS + ζ·lse².
+    """Sumi's training loss (``docs/design.md`` §2.5): mean over non-ignored tokens of w·KL + β_IS·w·IS + ζ·lse².
 
     The fast path: for uniform noise every V-axis quantity reduces to four numbers per token, computed with a
     closed-form backward (:mod:`sumi.diffusion.fused`), so autograd keeps only the logits. It equals

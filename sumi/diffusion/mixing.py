@@ -1,4 +1,4 @@
-"""Mixing distributions π_λ of GIDD (``shared/spec/gidd-math.md`` §1.3).
+"""Mixing distributions π_λ of GIDD (``docs/design.md`` §2.2).
 
 q_λ(z | x) = α·e_x + β·π_λ.  With u uniform over the N non-mask ids and e_m the mask one-hot,
     π_λ = s(λ)·u + (1 − s(λ))·e_m,   s(λ) = σ(a·λ + b),   π'_λ = dπ_λ/dλ = a·s(1 − s)·(u − e_m).

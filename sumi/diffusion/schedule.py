@@ -1,4 +1,4 @@
-"""Noise levels in log-SNR form (``shared/spec/gidd-math.md`` §1).
+"""Noise levels in log-SNR form (``docs/design.md`` §2.1, §2.2).
 
 Notation (used across ``sumi.diffusion``):
     λ      log-SNR, ``log_snr``; clipped to [λ_min, λ_max] = [−9, 9] wherever α is formed

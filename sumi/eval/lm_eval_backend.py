@@ -1,4 +1,4 @@
-"""lm-evaluation-harness backend ``sumi``: NELBO log-likelihoods and diffusion sampling (``sumi-model.md`` §5).
+"""lm-evaluation-harness backend ``sumi``: NELBO log-likelihoods and diffusion sampling (``docs/design.md`` §5).
 
 Registered as ``model="sumi"`` by ``import sumi.integrations.lm_eval`` (``sumi eval`` does it);
 ``model_args`` are the keyword arguments of :class:`SumiLM`, e.g.

@@ -1,4 +1,4 @@
-"""NELBO scoring: an upper bound on −log p(text) in nats per token (``sumi-model.md`` §3, §5; ``gidd-math.md`` §3).
+"""NELBO scoring: an upper bound on −log p(text) in nats per token (``docs/design.md`` §2.6, §5).
 
 Notation (as in :mod:`sumi.diffusion`):
     λ      log-SNR in [λ_min, λ_max] = [−9, 9];  α = σ(λ);  p(λ) = α(1 − α), so dα = p(λ)·dλ
@@ -11,7 +11,7 @@ stratum's midpoint, and D independent draws of the noisy canvas z at each point:
 
     total ≈ Δ · (1/(K·D)) · Σ_k Σ_d  Σ_{scored tokens} E_tok(α_k; z_{k,d}).
 
-The reference code (``gidd-math.md`` §3.1) uses left end points of linspace(1e-4, 0.9999, K+1) and drops Δ; we
+The GIDD reference code uses left end points of linspace(1e-4, 0.9999, K+1) and drops Δ; we
 integrate the truncated range exactly (a uniform-logits model then scores the truncated ∫, a hair under log V).
 
 Canvas (the paper's layout): ``[prompt | continuation | tail]`` of ``canvas_length`` ids (capped at the model's

@@ -1,4 +1,4 @@
-"""Inference probes (``sumi-model.md`` §5): how generation quality and cost move with the canvas length, the
+"""Inference probes (``docs/design.md`` §5): how generation quality and cost move with the canvas length, the
 number of denoising steps and the tokens committed per step, and what happens inside one run.
 
 Sweeps: each setting generates from the same prompts with the same seed and records the NELBO of the generated

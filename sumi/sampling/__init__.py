@@ -1,9 +1,9 @@
 """Sampling from Sumi models: the released samplers (adaptive, ancestral, greedy), made fast and observable.
 
 * :class:`SamplingConfig` — every option of a sampler call, typed and validated;
-* :func:`generate` / :func:`generate_text` — ids or texts in, continuations out (``sumi-model.md`` §4);
+* :func:`generate` / :func:`generate_text` — ids or texts in, continuations out (``docs/design.md`` §4);
 * :func:`generate_long` — outputs longer than one canvas, by sliding it;
-* :func:`self_correct` — GIDD-style refinement of a finished canvas (``gidd-math.md`` §4.6);
+* :func:`self_correct` — GIDD-style refinement of a finished canvas (``docs/design.md`` §4.6);
 * :mod:`sumi.sampling.posterior` — the posterior as a three-part mixture, and its explicit V-sized form;
 * :mod:`sumi.sampling.reference` — a straightforward loop the fast paths are tested and benchmarked against.
 """

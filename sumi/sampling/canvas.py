@@ -1,4 +1,4 @@
-"""Canvas layout of the released sampler and validation of every generation input (``sumi-model.md`` §4).
+"""Canvas layout of the released sampler and validation of every generation input (``docs/design.md`` §4).
 
 Row b of a canvas of length C: the prompt (P_b ids, frozen), then the generation budget
 ``budget_b = max(1, min(max_new_tokens, C − P_b − 2))`` with ``anchor_eosbos`` (else ``max_new_tokens``), then —

@@ -205,7 +205,7 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Sampling
 
 RELEASE = SamplingConfig(canvas_length=None, fit_canvas=False, tail="denoise", sampler="ancestral", temperature=1.0,
                          num_denoising_steps=128, tokens_per_step=1, greedy_tail=False, shorten_to_fit=True)
-"""The released sampler's defaults (``sumi-model.md`` §4): a 2048-position canvas (capped at the model's positions)
+"""The released sampler's defaults (``docs/design.md`` §4): a 2048-position canvas (capped at the model's positions)
 whose tail after the anchor is denoised as context, the ancestral sampler, T = 1, 128 steps, and a
 ``max_new_tokens`` that does not fit shortened instead of refused. ``--release-defaults`` on the command line and
 ``model.generate`` (the transformers-facing API, :mod:`sumi.generation`) start from it."""

@@ -1,4 +1,4 @@
-"""The sampler loop on one canvas: the released Sumi samplers (``shared/spec/sumi-model.md`` §4), fast and observable.
+"""The sampler loop on one canvas: the released Sumi samplers (``docs/design.md`` §4), fast and observable.
 
 The loop owns the canvas, the RNG and a per-row logits cache. One step k (of K) moves from log-SNR λ_t = λ_k to
 λ_s = λ_{k+1} (see :mod:`sumi.sampling.schedule`). Beyond the release:

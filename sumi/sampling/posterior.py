@@ -1,4 +1,4 @@
-"""Per-position distributions of the samplers (``shared/spec/gidd-math.md`` §4.1, §4.4).
+"""Per-position distributions of the samplers (``docs/design.md`` §4.3, §4.4).
 
 Notation: z_t the current (noisier) token, λ_t < λ_s the levels of one step, α = σ(λ), α_{t|s} = α_t/α_s,
 x̂ [.., V] the model's (tempered / truncated) clean-token distribution, π the mixing distribution.

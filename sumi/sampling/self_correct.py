@@ -1,4 +1,4 @@
-"""Self-correction of a finished canvas (GIDD, ``shared/spec/gidd-math.md`` §4.6, adapted to Sumi).
+"""Self-correction of a finished canvas (GIDD, ``docs/design.md`` §4.6, adapted to Sumi).
 
 Sumi's model has no time input, so the G pipeline's t0 is dropped. Each step, per row: ℓ = model(z);
 P = softmax(ℓ/T); z' ~ P at every position; score_i = 1[z'_i ≠ z_i]·P_i(z'_i); the ``tokens_per_step`` best

@@ -25,7 +25,7 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
                    *, alpha_t: float, alpha_s: float, log_snr_t: float, mixing: MixingDistribution,
                    temperature: float, top_k: int | None, top_p: float | None,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ancestral update z_t → z_s of every free position (gidd-math §4.1) as a three-part mixture.
+    """Exact ancestral update z_t → z_s of every free position (docs/design.md §4.3) as a three-part mixture.
 
     ``logits_at(mask)`` returns the fp32 logits [n, V] of the positions where the [B, C] bool ``mask`` is True
     (row-major order); it is called once, only for the positions that need them. Keep probability
@@ -68,7 +68,7 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
 def adaptive_step(logits: torch.Tensor, canvas: torch.Tensor, free: torch.Tensor, *, tokens_per_step: int,
                   temperature: float, top_k: int | None, top_p: float | None,
                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Commit the ``tokens_per_step`` most confident free positions per row (sumi-model §4, gidd-math §4.5).
+    """Commit the ``tokens_per_step`` most confident free positions per row (docs/design.md §4.5).
 
     Confidence c_i = max_v x̂_i(v) − x̂_i(z_i) with x̂ = softmax(logits) untempered; the chosen positions take the
     argmax of x̂ (T = 0) or a draw from the tempered, truncated softmax. For uniform noise the prior weight π(z_i)

@@ -97,7 +97,7 @@ class DataSection:
 
 @dataclass
 class NoiseSection:
-    """The diffusion-time draw of training (``sumi-model.md`` §3)."""
+    """The diffusion-time draw of training (``docs/design.md`` §2.5)."""
 
     per_token_fraction: float = 0.2
     """Share of sequences whose tokens get independent t; the rest share one t per sequence."""

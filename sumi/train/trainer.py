@@ -1,6 +1,6 @@
 """The training loop of ``sumi train``: UDLM (GIDD, uniform noise) or the AR baseline, on 1 CPU or N GPUs.
 
-One optimizer step (``sumi-model.md`` §3)::
+One optimizer step (``docs/design.md`` §2.5)::
 
     for each of grad_accum_steps micro-batches:
         x  = this rank's rows [rank·B, (rank+1)·B) of the global micro-batch, read from the loader  [B, S]
