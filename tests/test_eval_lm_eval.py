@@ -35,6 +35,7 @@ def cli_run(tiny_model_dir, tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_simple_evaluate_local_tasks(cli_run, tiny_model_dir, tiny_tokenizer):
     import lm_eval
     from lm_eval.api.registry import model_registry
@@ -87,6 +88,7 @@ def test_simple_evaluate_local_tasks(cli_run, tiny_model_dir, tiny_tokenizer):
         assert "." not in text and "\n" not in text
 
 
+@pytest.mark.slow
 def test_sumi_eval_cli_runs_lm_eval(cli_run):
     proc, out = cli_run
     stdout, stderr = proc.communicate(timeout=240)
@@ -121,6 +123,7 @@ def test_lm_eval_argv_and_bad_model_args(tmp_path, tiny_model_dir):
         SumiLM(pretrained=str(tiny_model_dir), num_timesteps=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["sumi first", "lm_eval first"])
 def test_registration_is_an_explicit_lazy_import(order):
     """`import sumi` alone registers nothing; `import sumi.integrations.lm_eval` registers the backend lazily

@@ -182,6 +182,7 @@ def test_invalid_config_is_a_config_error():
         SumiHFConfig(num_attention_heads=4, num_key_value_heads=3)
 
 
+@pytest.mark.slow
 def test_registration_is_an_explicit_import(release_dirs):
     """`import sumi` leaves transformers alone (not imported, no import hook); `import sumi.integrations.hf`
     registers the Auto classes, whatever was imported before it."""
