@@ -72,21 +72,21 @@ class TimeSampler:
     the others share one t across the sequence (Sumi/E used 20% per-token sequences).
     """
 
-    log_snr_min: float = LOG_SNR_MIN
-    log_snr_max: float = LOG_SNR_MAX
+    min_log_snr: float = LOG_SNR_MIN
+    max_log_snr: float = LOG_SNR_MAX
     per_token_fraction: float = 0.2
     """Fraction of sequences whose tokens get independent t (0 = always per sequence)."""
 
     def __post_init__(self) -> None:
-        if not self.log_snr_min < self.log_snr_max:
-            raise ConfigError(f"log_snr_min={self.log_snr_min} must be < log_snr_max={self.log_snr_max}")
+        if not self.min_log_snr < self.max_log_snr:
+            raise ConfigError(f"min_log_snr={self.min_log_snr} must be < max_log_snr={self.max_log_snr}")
         if not 0.0 <= self.per_token_fraction <= 1.0:
             raise ConfigError(f"per_token_fraction={self.per_token_fraction} must lie in [0, 1]")
 
     def sample(self, batch: int, seq_len: int, *, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu") -> torch.Tensor:
         """t of shape [batch, seq_len] in [t_min, t_max] (fp32)."""
-        t_min, t_max = time_range(self.log_snr_min, self.log_snr_max)
+        t_min, t_max = time_range(self.min_log_snr, self.max_log_snr)
         u = torch.rand(batch, seq_len, generator=generator, device=device)
         per_token = torch.rand(batch, 1, generator=generator, device=device) < self.per_token_fraction
         u = torch.where(per_token, u, u[:, :1].expand(-1, seq_len))

@@ -77,8 +77,8 @@ class NelboConfig:
     effective_snr: bool = False
     """The reference's variance-reduction heuristic: weight each row by the λ of the fraction of continuation
     tokens that stayed clean instead of λ_k. Not an unbiased NELBO estimator; off by default."""
-    log_snr_min: float = LOG_SNR_MIN
-    log_snr_max: float = LOG_SNR_MAX
+    min_log_snr: float = LOG_SNR_MIN
+    max_log_snr: float = LOG_SNR_MAX
 
     def __post_init__(self) -> None:
         for name in ("num_timesteps", "num_draws", "batch_size"):
@@ -91,12 +91,12 @@ class NelboConfig:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not isinstance(self.canvas_length, int) or self.canvas_length < 2:
             raise ConfigError(f"canvas_length must be an integer >= 2, got {self.canvas_length!r}")
-        if not self.log_snr_min < self.log_snr_max:
-            raise ConfigError(f"log_snr_min={self.log_snr_min} must be < log_snr_max={self.log_snr_max}")
+        if not self.min_log_snr < self.max_log_snr:
+            raise ConfigError(f"min_log_snr={self.min_log_snr} must be < max_log_snr={self.max_log_snr}")
 
     def alpha_range(self) -> tuple[float, float]:
-        lo = torch.sigmoid(torch.tensor(self.log_snr_min, dtype=torch.float64)).item()
-        hi = torch.sigmoid(torch.tensor(self.log_snr_max, dtype=torch.float64)).item()
+        lo = torch.sigmoid(torch.tensor(self.min_log_snr, dtype=torch.float64)).item()
+        hi = torch.sigmoid(torch.tensor(self.max_log_snr, dtype=torch.float64)).item()
         return lo, hi
 
     def alpha_grid(self) -> torch.Tensor:
@@ -323,11 +323,11 @@ class _Rows:
         k, d = config.num_timesteps, config.num_draws
         mixing = uniform(vocab)
         alpha = config.alpha_grid().float().repeat_interleave(d)[:, None]  # [R,1]
-        log_snr = log_snr_from_alpha(alpha, config.log_snr_min, config.log_snr_max)
+        log_snr = log_snr_from_alpha(alpha, config.min_log_snr, config.max_log_snr)
         x = torch.tensor(target, dtype=torch.long)[None].expand(k * d, -1)
         z_t = mixing.sample_zt(x, alpha, log_snr, generator=gen)  # [R,C]
         tail_len = length - len(prompt) - len(target)
-        tail = mixing.sample(torch.full((k * d, tail_len), config.log_snr_min), generator=gen)  # the prior
+        tail = mixing.sample(torch.full((k * d, tail_len), config.min_log_snr), generator=gen)  # the prior
         prompt_ids = torch.tensor(prompt, dtype=torch.long)[None].expand(k * d, -1)
         self.canvas = torch.cat([prompt_ids, z_t, tail], dim=1)  # [R,L]
         self.alpha, self.log_snr = alpha[:, 0], log_snr[:, 0]
@@ -429,8 +429,8 @@ def _score_batch(model, chunk, cache, sums, config: NelboConfig, device) -> None
     if config.effective_snr:
         kept = ((z_t == x) & valid).sum(1).double() / lengths.to(device).double()
         log_snr = log_snr_from_alpha(kept.clamp(ALPHA_EFF_EPS, 1 - ALPHA_EFF_EPS).float(),
-                                     config.log_snr_min, config.log_snr_max)
-        alpha = alpha_from_log_snr(log_snr, config.log_snr_min, config.log_snr_max)
+                                     config.min_log_snr, config.max_log_snr)
+        alpha = alpha_from_log_snr(log_snr, config.min_log_snr, config.max_log_snr)
     alpha, log_snr = alpha.to(device)[:, None], log_snr.to(device)[:, None]
     vocab = int(model.config.vocab_size)
     mixing = uniform(vocab)

@@ -5,8 +5,8 @@ x̂ [.., V] the model's (tempered / truncated) clean-token distribution, π the 
 
 The exact ancestral posterior is
     p(z_s = v | z_t) = q_s(v)·q_{t|s}(z_t | v) / q_t(z_t),   q_λ = α·x̂ + (1 − α)·π,
-    q_{t|s}(z_t | v) = α_{t|s}·1[v = z_t] + c(z_t),   c = (1 − α_t)·π_t − α_{t|s}·(1 − α_s)·π_s.
-For uniform noise π is constant in λ, so c(z_t) = (1 − α_{t|s})·π(z_t) does not depend on v and the posterior is a
+    q_{t|s}(z_t | v) = α_{t|s}·1[v = z_t] + n_{t|s}(z_t),   n_{t|s} = (1 − α_t)·π_t − α_{t|s}·(1 − α_s)·π_s.
+For uniform noise π is constant in λ, so n_{t|s}(z_t) = (1 − α_{t|s})·π(z_t) does not depend on v and the posterior is a
 three-part mixture that needs no V-sized vector:
     p = w_keep·e_{z_t} + (1 − w_keep)·(α_s·x̂ + (1 − α_s)·π),   w_keep = α_{t|s}·q_s(z_t) / q_t(z_t).
 :func:`posterior_probs` builds the explicit V-sized posterior (any mixing kind; tests and the reference loop);
@@ -96,12 +96,12 @@ def posterior_probs(x_hat: torch.Tensor, z_t: torch.Tensor, log_snr_t: torch.Ten
     pi_t = mixing.pi_vector(log_snr_t).to(dtype)
     pi_s = mixing.pi_vector(log_snr_s).to(dtype)
     alpha_ts = alpha_t / alpha_s
-    c = (1 - alpha_t) * pi_t - alpha_ts * (1 - alpha_s) * pi_s  # β_{t|s}·π_{t|s}, [.., V]
+    noise_ts = (1 - alpha_t) * pi_t - alpha_ts * (1 - alpha_s) * pi_s  # n_{t|s} = β_{t|s}·π_{t|s}, [.., V]
     q_s = alpha_s * x_hat + (1 - alpha_s) * pi_s
     q_t = alpha_t * x_hat + (1 - alpha_t) * pi_t
     z = z_t[..., None]
     q_ts_at_z = alpha_ts * torch.nn.functional.one_hot(z_t, x_hat.shape[-1]).to(dtype) \
-        + torch.gather(c.expand_as(x_hat), -1, z)  # q_{t|s}(z_t | v) for every v
+        + torch.gather(noise_ts.expand_as(x_hat), -1, z)  # q_{t|s}(z_t | v) for every v
     return q_s * q_ts_at_z / torch.gather(q_t, -1, z)
 
 

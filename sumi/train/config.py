@@ -101,16 +101,16 @@ class NoiseSection:
 
     per_token_fraction: float = 0.2
     """Share of sequences whose tokens get independent t; the rest share one t per sequence."""
-    log_snr_min: float = LOG_SNR_MIN
+    min_log_snr: float = LOG_SNR_MIN
     """λ_min: t is drawn uniformly on [1 − σ(λ_max), 1 − σ(λ_min)]."""
-    log_snr_max: float = LOG_SNR_MAX
+    max_log_snr: float = LOG_SNR_MAX
     """λ_max."""
 
     def __post_init__(self) -> None:
         _need(0.0 <= self.per_token_fraction <= 1.0,
               f"noise.per_token_fraction must lie in [0, 1], got {self.per_token_fraction}")
-        _need(self.log_snr_min < self.log_snr_max,
-              f"noise.log_snr_min={self.log_snr_min} must be < noise.log_snr_max={self.log_snr_max}")
+        _need(self.min_log_snr < self.max_log_snr,
+              f"noise.min_log_snr={self.min_log_snr} must be < noise.max_log_snr={self.max_log_snr}")
 
 
 @dataclass

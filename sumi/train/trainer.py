@@ -6,7 +6,8 @@ One optimizer step (``docs/design.md`` §2.5)::
         x  = this rank's rows [rank·B, (rank+1)·B) of the global micro-batch, read from the loader  [B, S]
         t  ~ TimeSampler (per sequence, or per token for a share of sequences)                   [B, S]
         z  ~ q(· | x) uniform noise with α = 1 − t                                               [B, S]
-        loss = model_loss(config, model(z).logits, z, x, t) / accum; backward
+        labels = x with PAD → −100 (input only, never a target)
+        loss = model_loss(config, model(z).logits, z, labels, t) / accum; backward
     clip the global grad norm, AdamW step with lr from the schedule
 
 Each rank reads and noises only its own rows. The data order is a keyed permutation evaluated per position and
@@ -130,7 +131,7 @@ class Trainer:
         self.grad_accum_steps = self._grad_accum_steps()
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.scheduler = LRScheduler(self.optimizer, LRSchedule.from_config(cfg.optimizer, cfg.schedule, tc.steps))
-        self.time_sampler = TimeSampler(cfg.noise.log_snr_min, cfg.noise.log_snr_max, cfg.noise.per_token_fraction)
+        self.time_sampler = TimeSampler(cfg.noise.min_log_snr, cfg.noise.max_log_snr, cfg.noise.per_token_fraction)
         self.noise = uniform(self.model_config.vocab_size)
         self.global_batch = tc.micro_batch_size * self.data_size
         self.train_loader = self._loader("train", tc.seed)
@@ -208,7 +209,7 @@ class Trainer:
         if self.causal:
             return x.to(dev, non_blocking=True), None, labels
         sampler = self.time_sampler if per_token_fraction is None else TimeSampler(
-            self.time_sampler.log_snr_min, self.time_sampler.log_snr_max, per_token_fraction)
+            self.time_sampler.min_log_snr, self.time_sampler.max_log_snr, per_token_fraction)
         first = self.data_rank * x.shape[0]
         keys = [(*key, first + j) for j in range(x.shape[0])]
         z, t = noise_rows(x, keys, sampler, self.noise)
@@ -231,12 +232,12 @@ class Trainer:
             return batch.attention_mask.to(self.env.device, non_blocking=True)
         return None
 
-    def _forward(self, z: torch.Tensor, t: torch.Tensor | None, x: torch.Tensor,
+    def _forward(self, z: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor,
                  key_mask: torch.Tensor | None = None) -> SumiOutput:
         """The model's logits on z, then the one loss on them (``sumi.diffusion.loss.model_loss``)."""
         with self._autocast():
             logits = self.module(z, attention_mask=key_mask, validate=False).logits
-            loss, metrics = model_loss(self.model_config, logits, z, x, t)
+            loss, metrics = model_loss(self.model_config, logits, z, labels, t)
         return SumiOutput(logits=logits, loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ reductions
@@ -254,11 +255,11 @@ class Trainer:
         sums = torch.zeros(len(LOSS_KEYS), device=self.env.device)
         for micro in range(self.grad_accum_steps):
             batch = self._next_batch()
-            z, t, x = self.make_inputs(batch, (self.cfg.training.seed, self.step, micro))
+            z, t, labels = self.make_inputs(batch, (self.cfg.training.seed, self.step, micro))
             last = micro == self.grad_accum_steps - 1
             sync = nullcontext() if (last or self.parallelism != "ddp") else self.module.no_sync()
             with sync:
-                out = self._forward(z, t, x, self.key_mask(batch))
+                out = self._forward(z, t, labels, self.key_mask(batch))
                 (out.loss / self.grad_accum_steps).backward()
             metrics = out.metrics
             sums += torch.stack([out.loss.detach().float()] + [
@@ -280,7 +281,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        self.tokens_seen += self.global_batch * self.grad_accum_steps * x.shape[1]
+        self.tokens_seen += self.global_batch * self.grad_accum_steps * labels.shape[1]
         record.update(lr=lr, grad_norm=grad_norm)
         return record
 
@@ -307,8 +308,8 @@ class Trainer:
         num_batches = min(tc.eval_batches, getattr(loader, "steps_per_epoch", tc.eval_batches))
         for index in range(num_batches):
             batch = next(loader)
-            z, t, x = self.make_inputs(batch, (tc.eval_seed, index), per_token_fraction=0.0, prompt_drop=0.0)
-            out = self._forward(z, t, x, self.key_mask(batch))
+            z, t, labels = self.make_inputs(batch, (tc.eval_seed, index), per_token_fraction=0.0, prompt_drop=0.0)
+            out = self._forward(z, t, labels, self.key_mask(batch))
             tokens = out.metrics["tokens"].double()
             totals += torch.stack([out.metrics["elbo"].double() * tokens, tokens])
         if self.env.distributed:
