@@ -18,6 +18,7 @@ load of a local directory (no ``device_map``/quantization/config overrides) is r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from sumi.checkpoint import is_model_dir, iter_checkpoint_tensors, load_model, resolve_dtype, save_model
-from sumi.config import SUMI_BOS_ID, SUMI_EOS_ID, SUMI_PAD_ID, SUMI_VOCAB_SIZE, SumiConfig
+from sumi.config import SumiConfig
 from sumi.errors import InputError
 from sumi.model import ATTN_IMPLEMENTATIONS, RotaryEmbedding, SumiForMaskGeneration, SumiModel
 from sumi.sampling import GenerationOutput, SamplingConfig, generate
@@ -40,44 +41,38 @@ _HF_ONLY_KEYS = frozenset(PreTrainedConfig().to_dict()) - {"architectures", "dty
                                                              "transformers_version"}
 
 
-def _default_rope() -> dict[str, Any]:
-    return {"rope_theta": 500000.0, "rope_type": "default"}
+_HF_OWNED = frozenset({"dtype", "architectures", "model_type", "extra"})
+"""SumiConfig fields that PreTrainedConfig already has (or that are sumi's bookkeeping)."""
+
+
+def _release_fields() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(annotations, defaults) of every SumiConfig field the transformers config carries: derived, never re-listed,
+    so the two configs cannot drift apart. Mutable defaults (RoPE parameters) start as None and are filled from
+    SumiConfig's factory in ``__post_init__``."""
+    annotations, defaults = {}, {}
+    for f in dataclasses.fields(SumiConfig):
+        if f.name in _HF_OWNED:
+            continue
+        annotations[f.name] = f.type
+        defaults[f.name] = None if f.default is dataclasses.MISSING else f.default
+    return annotations, defaults
+
+
+_RELEASE_ANNOTATIONS, _RELEASE_DEFAULTS = _release_fields()
+_SUMI_DEFAULTS = SumiConfig()
 
 
 class SumiHFConfig(PreTrainedConfig):
-    """The release ``config.json`` as a ``PreTrainedConfig``; field names and defaults equal :class:`SumiConfig`."""
+    """The release ``config.json`` as a ``PreTrainedConfig``; its fields and defaults are :class:`SumiConfig`'s."""
 
     model_type = "sumi"
-
-    vocab_size: int = SUMI_VOCAB_SIZE
-    hidden_size: int = 4096
-    intermediate_size: int = 12288
-    num_hidden_layers: int = 36
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
-    head_dim: int | None = 128
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 4864
-    rms_norm_eps: float = 1e-5
-    rope_parameters: dict | None = None
-    attention_bias: bool = False
-    add_qkv_bias: bool = False
-    mlp_bias: bool = False
-    attention_dropout: float = 0.0
-    tie_word_embeddings: bool = False
-    bos_token_id: int = SUMI_BOS_ID
-    eos_token_id: int = SUMI_EOS_ID
-    pad_token_id: int = SUMI_PAD_ID
-    initializer_range: float = 0.02
-    pretraining_tp: int = 1
-    use_cache: bool = True
-    uniform_diffusion_beta_is: float = 1.0
-    uniform_diffusion_z_loss_strength: float = 1e-5
-    is_causal: bool = False
+    __annotations__ = dict(_RELEASE_ANNOTATIONS)
+    vars().update(_RELEASE_DEFAULTS)  # the class body's namespace: one class attribute (default) per field
 
     def __post_init__(self, **kwargs: Any) -> None:
-        if self.rope_parameters is None:
-            self.rope_parameters = _default_rope()
+        for name, default in _RELEASE_DEFAULTS.items():
+            if default is None and getattr(self, name) is None:
+                setattr(self, name, getattr(_SUMI_DEFAULTS, name))
         if self.architectures is None:
             self.architectures = ["SumiForMaskGeneration"]
         super().__post_init__(**kwargs)
