@@ -1,6 +1,6 @@
 """``model.generate``: the released Sumi-7B's generate contract, with transformers' conventions.
 
-The release (``shared/spec/sumi-model.md`` §4) returns ``sequences`` [B, ≤C] *with the prompt*, cut after the
+The release (``docs/design.md`` §4) returns ``sequences`` [B, ≤C] *with the prompt*, cut after the
 first EOS at/after the prompt and right-padded with ``pad_token_id``, plus the final ``canvas`` [B, C]. Its
 defaults: the ancestral sampler, 128 steps, T = 1, 128 new tokens, a 2048 canvas capped at the model's positions,
 ``EOS, BOS`` anchored, the tail after it denoised as context; a ``max_new_tokens`` that does not fit the canvas is

@@ -31,8 +31,7 @@ from sumi.checkpoint import is_model_dir, iter_checkpoint_tensors, load_model, r
 from sumi.config import SumiConfig
 from sumi.errors import InputError
 from sumi.model import ATTN_IMPLEMENTATIONS, RotaryEmbedding, SumiForMaskGeneration, SumiModel
-from sumi.sampling import GenerationOutput, SamplingConfig, generate
-from sumi.sampling.config import RELEASE
+from sumi.release import ReleaseMixin
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class SumiHFConfig(PreTrainedConfig):
         return self.to_dict()
 
 
-class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
+class SumiHFForMaskGeneration(ReleaseMixin, SumiForMaskGeneration, PreTrainedModel):
     """Sumi's model with transformers' loading/saving API; forward = :meth:`SumiForMaskGeneration.forward`.
 
     ``model.config`` is the :class:`SumiHFConfig` (transformers needs it); ``model.sumi_config`` the
@@ -209,12 +208,6 @@ class SumiHFForMaskGeneration(SumiForMaskGeneration, PreTrainedModel):
         plain.lm_head = self.lm_head
         plain.train(self.training)
         return plain
-
-    def generate(self, input_ids: torch.Tensor | list[list[int]] | None = None,
-                 config: SamplingConfig | None = None, **kwargs: Any) -> GenerationOutput:
-        """sumi's diffusion sampler, not transformers' autoregressive loop: :func:`sumi.sampling.generate`,
-        starting from the released sampler's defaults (:data:`sumi.sampling.config.RELEASE`) like the release."""
-        return generate(self, input_ids, RELEASE if config is None else config, **kwargs)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(

@@ -2,9 +2,10 @@
 
 sumi writes this file next to every model it saves (with ``auto_map`` in config.json), so
 ``AutoModelForMaskGeneration.from_pretrained(dir, trust_remote_code=True)`` works where sumi is not installed.
-It is a compact, self-contained restatement of ``sumi-model.md``: pre-norm bidirectional blocks, RMSNorm (fp32
-statistic), rotate-half RoPE, GQA attention with the off-by-one softmax (one always-zero key/value slot), SwiGLU,
-untied head; and the release's ``generate`` (ancestral / adaptive / greedy samplers on a fixed canvas).
+It restates, compactly and self-contained, the model of sumi's ``docs/design.md`` §1: pre-norm bidirectional
+blocks, RMSNorm (fp32 statistic), rotate-half RoPE, GQA attention with the off-by-one softmax (one always-zero
+key/value slot), SwiGLU, untied head; and the release's ``generate`` (ancestral / adaptive / greedy samplers on a
+fixed canvas).
 With sumi installed, sumi's own classes are used instead (same tensors, same outputs).
 """
 
