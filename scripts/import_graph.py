@@ -27,8 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sumi.errors", "sumi._io"),
     ("sumi.config", "sumi.diffusion", "sumi.safe_dcp"),
     ("sumi.model", "sumi.tokenizer", "sumi.chat"),
-    ("sumi.checkpoint", "sumi.data"),
-    ("sumi.sampling", "sumi.eval", "sumi.train", "sumi.convert"),
+    ("sumi.checkpoint", "sumi.data", "sumi.finetune.lora", "sumi.finetune.config"),
+    ("sumi.sampling", "sumi.eval", "sumi.train", "sumi.convert", "sumi.finetune"),
     ("sumi.hf", "sumi.integrations", "sumi.serve", "sumi.release", "sumi.generation", "sumi.infill"),
     ("sumi.commands", "sumi.cli", "sumi.__main__", "sumi"),
 )

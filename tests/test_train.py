@@ -238,7 +238,7 @@ def test_saved_config_takes_seq_len_and_special_ids_from_the_shards(tmp_path, ti
     from conftest import sample_texts
 
     from sumi.data import MixtureSpec, build_shards
-    from sumi.train.trainer import with_shard_vocab
+    from sumi.train.data import with_shard_vocab
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts()[:40]))

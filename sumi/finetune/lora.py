@@ -86,12 +86,3 @@ def load_adapter(base: nn.Module, directory: str | Path) -> nn.Module:
 def merge(model: nn.Module) -> nn.Module:
     """The plain model with W + (alpha/r)·B·A folded into every adapted weight (adapters removed)."""
     return model.merge_and_unload() if is_lora(model) else model
-
-
-def load_merged(model_dir: str | Path, adapter_dir: str | Path, *, dtype: torch.dtype | None = None,
-                device: str | torch.device | None = None) -> nn.Module:
-    """A release-layout base model with an adapter merged in: what ``sumi generate --adapter`` samples from."""
-    from sumi.checkpoint import load_model
-
-    base = load_model(model_dir, dtype=dtype, device=device)
-    return merge(load_adapter(base, adapter_dir)).eval()
