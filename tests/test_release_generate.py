@@ -160,7 +160,7 @@ def test_transformers_user_code_runs_unchanged(tiny_model_dir):
     """What a transformers user writes for the release: AutoTokenizer + AutoModel + generate + batch_decode."""
     from transformers import AutoModelForMaskGeneration, AutoTokenizer, pipeline
 
-    import sumi  # noqa: F401  (registers model_type "sumi")
+    import sumi.integrations.hf  # noqa: F401  (registers model_type "sumi")
 
     model = AutoModelForMaskGeneration.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
