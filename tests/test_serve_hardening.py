@@ -139,7 +139,8 @@ def _wait_idle(base: str, timeout: float = 60) -> dict:
         time.sleep(0.05)
 
 
-LONG = {"prompt": "x", "max_tokens": 40, "canvas_length": 64, "num_denoising_steps": 3000}
+# ancestral: a stochastic sampler never stops early, so 3000 steps take seconds whatever the defaults are
+LONG = {"prompt": "x", "max_tokens": 40, "canvas_length": 64, "num_denoising_steps": 3000, "sampler": "ancestral"}
 
 
 def test_abandoned_requests_are_cancelled(server):
