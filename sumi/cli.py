@@ -110,11 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # an OSError, but not a failure: the reader left (sumi info … | head)
         return _quiet_broken_pipe()
-    except (OSError, MemoryError, RuntimeError) as exc:  # the environment, not a bug: one line, status 2
-        reason = _environment_failure(exc)
-        if reason is None or args.verbose:
+    except Exception as exc:
+        if args.verbose:
             raise
-        return _fail(args.command, reason)
+        reason = _environment_failure(exc)  # the environment (missing file, full disk, memory): status 2
+        if reason is not None:
+            return _fail(args.command, reason)
+        # A bug in sumi: still one line (the traceback is one -v away), and status 1 so it is not mistaken
+        # for a user error.
+        print(f"sumi {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+              "(a bug in sumi; rerun with -v for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 def _fail(command: str, message: str) -> int:

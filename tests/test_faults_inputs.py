@@ -111,3 +111,10 @@ def test_index_pointing_outside_the_model_folder(tiny_model, tmp_path):
     with pytest.raises(CheckpointError, match="outside the model folder"):
         load_model(model)
     assert Path(outside).is_file()
+
+
+def test_megatron_tracker_with_garbage_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "latest_checkpointed_iteration.txt").write_bytes(b"\xff\xfe12")
+    line = error_line(capsys, ["convert", str(tmp_path), str(tmp_path.parent / "out"), "--from", "megatron",
+                               "--config", "sumi-tiny"])
+    assert "iteration number" in line

@@ -57,7 +57,9 @@ def find_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"Megatron checkpoint not found: {path}")
     tracker = path / TRACKER_FILE
     if tracker.is_file():
-        iteration = tracker.read_text().strip()
+        iteration = tracker.read_bytes().decode("utf-8", "replace").strip()
+        if iteration != "release" and not (iteration.isascii() and iteration.isdigit() and len(iteration) < 12):
+            raise CheckpointError(f"{tracker} should hold an iteration number or 'release', got {iteration[:40]!r}")
         name = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
         return find_checkpoint(path / name)
     if dcp_io.is_dcp_dir(path):
