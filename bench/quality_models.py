@@ -53,7 +53,8 @@ def train_one(run_dir: Path, name: str, tok, shard_dir: Path, steps: int, *, cau
         f"training.steps={steps}", f"schedule.warmup_steps={min(20, steps // 10)}", f"training.eval_every={every}",
         f"checkpoint.every={every}", f"training.time_limit_minutes={time_limit_minutes}"])
     logger.info("%s: %d steps of %d tokens", name, steps, MICRO_BATCH * SEQ_LEN)
-    result = train(cfg, tokenizer=tok)
+    # resume=True: an interrupted bench continues from its last checkpoint instead of being refused.
+    result = train(cfg, tokenizer=tok, resume=True)
     logger.info("%s: %d steps, %.2fM tokens, held-out %s %.3f nats/token", name, result.steps, result.tokens / 1e6,
                 "NLL" if causal else "NELBO", result.heldout_nelbo)
     return result.model_dir
