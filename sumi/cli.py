@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("sumi.commands.convert", "convert between DCP, release layout and Megatron checkpoints"),
     "serve": ("sumi.commands.serve", "OpenAI-compatible HTTP server"),
     "info": ("sumi.commands.info", "resolved config and parameter counts of a model dir or preset"),
+    "plan": ("sumi.commands.plan", "per-GPU memory, parallel layout, step time and MFU of a run on a cluster"),
     "tokenizer": ("sumi.commands.tokenizer", "build, train and inspect tokenizers"),
     "data": ("sumi.commands.data", "tokenise a data mixture into packed memory-mapped shards"),
 }
