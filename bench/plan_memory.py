@@ -2,7 +2,7 @@
 
 Each size runs in a fresh subprocess: build the model (fp32), AdamW as the trainer builds it (fused), and take
 three optimizer steps of forward + Sumi loss + backward on a [batch, seq] batch; the peak resident memory
-(``ru_maxrss``) minus the resident memory just before the model was built is compared with
+(VmHWM) minus the resident memory just before the model was built (the high-water mark reset there) is compared with
 ``sumi.plan.single_process_peak_bytes``. Prints one JSON line (``--sizes`` picks the rows; the test runs small
 ones).
 
@@ -34,6 +34,25 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def peak_rss_bytes() -> int:
+    """This process's resident high-water mark (VmHWM). Not ``ru_maxrss``: Linux carries the parent's resident
+    size at fork into it across exec, so a child of a large process (pytest) would report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current resident size (``/proc/self/clear_refs``, Linux >= 4.0), if allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def measure(name: str) -> dict:
     """Runs in the child process."""
     import torch
@@ -60,6 +79,7 @@ def measure(name: str) -> dict:
     warm(x[:1, :32] % 512, labels=x[:1, :32] % 512, t=t[:1], validate=False).loss.backward()
     build_optimizer(warm, OptimizerSection()).step()
     del warm
+    reset_peak_rss()
     baseline = rss_bytes()
 
     model = SumiForMaskGeneration.from_config(cfg, seed=0)
@@ -70,7 +90,7 @@ def measure(name: str) -> dict:
         model(x, labels=x, t=t, validate=False).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    peak = peak_rss_bytes() - baseline
     planned = single_process_peak_bytes(cfg, seq, batch, ac=ac)
     return {"size": name, "params": cfg.num_parameters()["total"], "measured_mib": round(peak / 2**20, 1),
             "planned_mib": round(planned / 2**20, 1), "ratio": round(planned / peak, 3)}
