@@ -146,10 +146,10 @@ def test_fsdp2_bf16_compiled_step_on_one_gpu(tmp_path):
 
 
 def test_save_load_round_trip_on_gpu(tmp_path):
-    from sumi.checkpoint import load_model
+    from sumi.checkpoint import load_model, save_model
 
     model = tiny_cuda_model(torch.bfloat16)
-    model.save_pretrained(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m", device=CUDA.type, dtype=torch.bfloat16).eval()
     ids = torch.randint(3, model.config.vocab_size, (2, 64), device=CUDA)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
