@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sumi.config", "sumi.diffusion", "sumi.safe_dcp"),
     ("sumi.model", "sumi.tokenizer", "sumi.chat"),
     ("sumi.checkpoint", "sumi.data", "sumi.finetune.lora", "sumi.finetune.config"),
-    ("sumi.sampling", "sumi.eval", "sumi.train", "sumi.convert", "sumi.finetune"),
+    ("sumi.sampling", "sumi.eval", "sumi.train", "sumi.convert", "sumi.finetune", "sumi.plan"),
     ("sumi.hf", "sumi.integrations", "sumi.serve", "sumi.release", "sumi.generation", "sumi.infill"),
     ("sumi.commands", "sumi.cli", "sumi.__main__", "sumi"),
 )
