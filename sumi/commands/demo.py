@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary (default 8192)")
     parser.add_argument("--seq-len", type=int, default=256, help="canvas length of the shards (default 256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model (default: the recipe's training.compile); compiled graphs are "
+                             "cached in TORCHINDUCTOR_CACHE_DIR (default <output>/../.inductor-cache), so only the "
+                             "first run pays the compilation")
 
 
 def _tokenizer(out: Path, vocab_size: int):
@@ -72,12 +77,14 @@ def _probe_step_seconds(cfg) -> float:
     from sumi.model import SumiForMaskGeneration
 
     model = SumiForMaskGeneration.from_config(cfg.model.build(), seed=0)
+    if cfg.training.compile:  # the step the trainer will run; its compilation lands in the inductor cache
+        model.compile()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     b, s = cfg.training.micro_batch_size * cfg.training.grad_accum_steps, model.config.max_position_embeddings
     x = torch.randint(0, model.config.vocab_size, (b, s), generator=torch.Generator().manual_seed(0))
     t = torch.full((b,), 0.5)
     times = []
-    for _ in range(2):
+    for _ in range(3 if cfg.training.compile else 2):  # compiled: the first steps compile
         start = time.perf_counter()
         model(x, labels=x, t=t, validate=False).loss.backward()
         optimizer.step()
@@ -101,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
                  f"model.overrides.vocab_size={tok.vocab_size}", f"model.overrides.bos_token_id={tok.bos_token_id}",
                  f"model.overrides.eos_token_id={tok.eos_token_id}",
                  f"model.overrides.pad_token_id={tok.pad_token_id}"]
+    if args.compile is not None:
+        overrides.append(f"training.compile={str(args.compile).lower()}")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out.resolve().parent / ".inductor-cache"))
     probe_cfg = resolve_run_config(args.config, overrides)
     step_s = _probe_step_seconds(probe_cfg)
     # Evaluations cost ~ eval_batches forward passes (a third of a step each) per eval_every steps.
@@ -114,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     logger.info("probe step %.2fs -> %d steps of %d tokens (~%.1f min)", step_s, steps,
                 cfg.training.micro_batch_size * args.seq_len, steps * per_step / 60)
     # A re-run of the demo starts afresh: an earlier demo run is moved aside (<output>.old-<time>), not deleted.
+    peak_before = matmul_peak_gflops()
     result = train(cfg, tokenizer=tok, overwrite=True)
 
     model = load_model(result.model_dir).eval()
@@ -134,10 +145,43 @@ def run(args: argparse.Namespace) -> int:
     lines += [f"metrics      {result.output_dir / 'metrics.jsonl'}  plot {result.output_dir / 'loss.png'}",
               "samples:"]
     lines += [f"  {prompt!r} -> {text!r}" for prompt, text in samples]
+    lines.append(_efficiency_line(cfg, result, peak_before))
     lines.append(f"wall time    {total / 60:.1f} min")
     print("\n".join(lines))
     sys.stdout.flush()
     return 0
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n×n @ n×n matmul on this process's threads (the benchmark's peak)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _efficiency_line(cfg, result, peak_before: float) -> str:
+    """Training tokens/s (the trainer's average, evaluations and checkpoints included) as GFLOP/s and MFU, with
+    the FLOP count and peak of ``bench/train_step.py``; the peak is the best of one measured before training and
+    one now, on the same threads (on a shared machine either may be depressed)."""
+    from sumi.plan import model_flops_per_token
+
+    records = [r for r in result.history if "tokens_per_s" in r]
+    if not records:
+        return "speed        (no training record)"
+    tokens_per_s = records[-1]["tokens_per_s"]
+    model_config = cfg.model.build()
+    gflops = model_flops_per_token(model_config, model_config.max_position_embeddings) * tokens_per_s / 1e9
+    peak = max(peak_before, matmul_peak_gflops())
+    return (f"speed        {tokens_per_s:,.0f} tokens/s = {gflops:.1f} GFLOP/s = MFU {gflops / peak:.2f} of the "
+            f"fp32 matmul peak measured in this run ({peak:.0f} GFLOP/s; bench/train_step.py's FLOP count"
+            f"{', compiled' if cfg.training.compile else ''})")
 
 
 def _samples(model, tok, seed: int) -> list[tuple[str, str]]:
