@@ -371,3 +371,30 @@ def test_lora_with_activation_checkpointing_gives_the_same_curve(tmp_path, tiny_
 
     torch.testing.assert_close(curve("plain"), curve("ac", "training.activation_checkpointing=true"),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_finetune_cli_then_generate_with_adapter_and_guidance(tmp_path, tiny_model_dir, chat_file):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [f"model.init_from={tiny_model_dir}", f"finetune.data={chat_file}", f"finetune.canvas_length={CANVAS}",
+            "finetune.response_budget=24", "finetune.prompt_drop=0.2", "lora.rank=2", "training.steps=2",
+            "training.micro_batch_size=4", "schedule.warmup_steps=1", "training.progress=false",
+            "training.eval_batches=1", "training.device=cpu", f"training.output_dir={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, "-m", "sumi.cli", "finetune", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "sumi.cli", "finetune", *args[1:]], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode == 2 and "model.init_from" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    out = subprocess.run([sys.executable, "-m", "sumi.cli", "generate", "--model", str(tiny_model_dir), "--adapter",
+                          str(tmp_path / "run" / "adapter"), "--guidance-scale", "2", "--prompt", "In the",
+                          "--max-new-tokens", "6", "--steps", "3", "--seed", "0", "--json"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["nfe"] == 6 and record["options"]["guidance_scale"] == 2.0
