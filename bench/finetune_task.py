@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=1.5, help="the guidance scale γ compared with γ = 1")
     p.add_argument("--eval-steps", type=int, default=12, help="denoising steps per reply")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-before", action="store_true", help="do not score the base model (reported as null)")
     p.add_argument("--worker", choices=("full", "lora"), default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -197,12 +198,12 @@ def main() -> int:
     base_s = time.perf_counter() - started
     held = write_task(out, args.train, args.heldout, args.seed)
     model, tok = resolve_model(base)
-    before = evaluate(model.eval(), tok, held, args.budget, 1.0, args.eval_steps)
+    before = None if args.skip_before else evaluate(model.eval(), tok, held, args.budget, 1.0, args.eval_steps)
     trainable, total = parameter_counts(apply_lora(load_model(base), LoraSection(rank=args.lora_rank)))
     runs = run_workers(args, base, out)
     result = {"bench": "finetune_task", "task": list(KINDS), "train_chats": args.train, "heldout_chats": args.heldout,
               "canvas": args.canvas, "budget": args.budget, "base": str(base), "base_s": round(base_s, 1),
-              "before": before["exact_match"], "full": {**runs["full"], "trainable_share": 1.0},
+              "before": before and before["exact_match"], "full": {**runs["full"], "trainable_share": 1.0},
               "lora": {**runs["lora"], "trainable_share": round(trainable / total, 4), "rank": args.lora_rank}}
     result.update(guidance_scale=args.guidance, prompt_drop=args.prompt_drop, steps_planned=args.steps,
                   minutes_limit_per_run=args.minutes, wall_s=round(time.perf_counter() - started, 1),
