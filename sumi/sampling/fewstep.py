@@ -31,7 +31,8 @@ from collections.abc import Callable
 import torch
 
 from sumi.diffusion import MixingDistribution
-from sumi.sampling.posterior import confidence, log_normalizer, sample_rows, truncate_logits, uniform_posterior_weights
+from sumi.sampling.posterior import confidence, sample_rows, truncate_logits, uniform_posterior_weights
+from sumi.sampling.steps import mixture_step
 
 
 def psi_weights(x_hat_at_z: torch.Tensor, pi_at_z: torch.Tensor | float, alpha_t: float, alpha_s: float,
@@ -56,34 +57,11 @@ def psi_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: torch.Te
     u ~ U[0, 1) per position first; the keep weight is at least κ·e^{λ_t − λ_s} whatever x̂ says, so positions
     below that floor keep z without logits. With κ = 1 the random draws and the result equal ``ancestral_step``'s.
     """
-    u = torch.rand(canvas.shape, dtype=torch.float64, device=canvas.device, generator=generator)
-    keep_floor = kappa * (alpha_t / alpha_s) * (1.0 - alpha_s) / (1.0 - alpha_t)
-    need = free & (u >= keep_floor)
-    z, u_need = canvas[need], u[need]
-    logits = logits_at(need)
-    if temperature == 0:
-        argmax = logits.argmax(-1)
-        x_hat_at_z = (argmax == z).to(torch.float64)
-        scaled = None
-    else:
-        scaled = truncate_logits(logits, temperature, top_k, top_p)
-        x_hat_at_z = torch.exp(scaled.gather(-1, z[:, None]).squeeze(-1).double() - log_normalizer(scaled).double())
-    pi_at_z = mixing.pi_at(z, torch.tensor(log_snr_t, device=canvas.device))
-    keep, from_data, _ = psi_weights(x_hat_at_z, pi_at_z, alpha_t, alpha_s, kappa)
-    draw_data = (u_need >= keep) & (u_need < keep + from_data)
-    draw_uniform = u_need >= keep + from_data
-    if temperature == 0:
-        z[draw_data] = argmax[draw_data]
-    else:
-        z[draw_data] = sample_rows(scaled[draw_data], generator)
-    count = int(draw_uniform.sum())
-    if count:
-        z[draw_uniform] = mixing.sample(torch.zeros(count, device=canvas.device), generator=generator)
-    new = canvas.clone()
-    new[need] = z
-    committed = torch.zeros_like(free)
-    committed[need] = draw_data | draw_uniform
-    return new, committed
+    return mixture_step(logits_at, canvas, free,
+                        keep_floor=kappa * (alpha_t / alpha_s) * (1.0 - alpha_s) / (1.0 - alpha_t),
+                        weights=lambda x_hat_at_z, pi_at_z: psi_weights(x_hat_at_z, pi_at_z, alpha_t, alpha_s, kappa),
+                        log_snr_t=log_snr_t, mixing=mixing, temperature=temperature, top_k=top_k, top_p=top_p,
+                        generator=generator)
 
 
 def threshold_step(logits: torch.Tensor, canvas: torch.Tensor, free: torch.Tensor, done: torch.Tensor, *,

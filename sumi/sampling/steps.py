@@ -34,8 +34,27 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
     64-step linear schedule that is ~94% of them. The others need x̂(z_t) (one logsumexp and one gather), and only the
     few whose component is "draw from x̂" need a full-row draw. No V-sized posterior is ever built.
     """
+    return mixture_step(logits_at, canvas, free, keep_floor=(alpha_t / alpha_s) * (1.0 - alpha_s) / (1.0 - alpha_t),
+                        weights=lambda x_hat_at_z, pi_at_z: uniform_posterior_weights(x_hat_at_z, pi_at_z, alpha_t,
+                                                                                      alpha_s),
+                        log_snr_t=log_snr_t, mixing=mixing, temperature=temperature, top_k=top_k, top_p=top_p,
+                        generator=generator)
+
+
+Weights = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def mixture_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: torch.Tensor, free: torch.Tensor, *,
+                 keep_floor: float, weights: Weights, log_snr_t: float, mixing: MixingDistribution,
+                 temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The update shared by the ancestral and Ψ steps: every free position keeps z, draws from x̂ or draws from π.
+
+    ``weights(x̂(z), π(z))`` gives the three mixture weights (float64, [n] each); ``keep_floor`` is a lower bound
+    of the keep weight whatever x̂ says, so positions with u < keep_floor keep z without logits. One u ~ U[0, 1) per
+    position is drawn first, in a fixed order, so a seed reproduces a run and equal weights give equal tokens.
+    """
     u = torch.rand(canvas.shape, dtype=torch.float64, device=canvas.device, generator=generator)
-    keep_floor = (alpha_t / alpha_s) * (1.0 - alpha_s) / (1.0 - alpha_t)
     need = free & (u >= keep_floor)
     z, u_need = canvas[need], u[need]
     logits = logits_at(need)
@@ -48,7 +67,7 @@ def ancestral_step(logits_at: Callable[[torch.Tensor], torch.Tensor], canvas: to
         log_norm = log_normalizer(scaled)
         x_hat_at_z = torch.exp(scaled.gather(-1, z[:, None]).squeeze(-1).double() - log_norm.double())
     pi_at_z = mixing.pi_at(z, torch.tensor(log_snr_t, device=canvas.device))
-    keep, from_data, _ = uniform_posterior_weights(x_hat_at_z, pi_at_z, alpha_t, alpha_s)
+    keep, from_data, _ = weights(x_hat_at_z, pi_at_z)
     draw_data = (u_need >= keep) & (u_need < keep + from_data)
     draw_uniform = u_need >= keep + from_data
     if temperature == 0:
