@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -60,3 +67,50 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(directory)
     tiny_tokenizer.save_pretrained(directory)
     return directory
+
+
+@contextlib.contextmanager
+def _serve_process(model_dir, *args: str, env: dict | None = None, log_name: str = "serve"):
+    """``sumi serve --model DIR ARGS`` in a subprocess on a free loopback port.
+
+    Yields ``(base_url, port, process, log_path)`` once ``/health`` answers (90 s at most; a server that exits
+    first fails the test with its log); SIGTERM at exit, SIGKILL after 15 s.
+    """
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "sumi.cli", "serve", "--model", str(model_dir), "--port", str(port), *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
+    log_path = Path(model_dir).parent / f"{log_name}-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"sumi serve exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("sumi serve did not become healthy within 90 s")
+            time.sleep(0.2)
+        yield base, port, proc, log_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_process():
+    """The :func:`_serve_process` context manager, for module-scoped server fixtures."""
+    return _serve_process

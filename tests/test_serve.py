@@ -5,11 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
@@ -32,46 +28,13 @@ STEPWISE = {"sampler": "adaptive", "tokens_per_step": 1}
 """A sampler that runs every one of its steps (sumi's default sampler may finish early)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
+def server(tiny_model_dir, serve_process):
     """``sumi serve`` in a subprocess; yields its base URL; terminated (SIGTERM) at the end of the module."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "sumi.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-           "--api-key", API_KEY, "--max-tokens-limit", str(MAX_TOKENS_LIMIT), "--max-request-bytes",
-           str(MAX_REQUEST_BYTES), "--batch-window-ms", "20", "--model-name", "sumi-tiny", "--log-level", "warning"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="2")
-    log = open(tiny_model_dir.parent / f"serve-{port}.log", "w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"sumi serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("sumi serve did not become healthy within 90 s")
-            time.sleep(0.2)
+    with serve_process(tiny_model_dir, "--api-key", API_KEY, "--max-tokens-limit", str(MAX_TOKENS_LIMIT),
+                       "--max-request-bytes", str(MAX_REQUEST_BYTES), "--batch-window-ms", "20", "--model-name",
+                       "sumi-tiny", "--log-level", "warning", env={"OMP_NUM_THREADS": "2"}) as (base, *_):
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

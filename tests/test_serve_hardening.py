@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,12 +23,6 @@ MAX_COST = 8_000_000
 FAST = {"max_tokens": 6, "canvas_length": 24, "num_denoising_steps": 3}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -41,43 +31,16 @@ def _rss_kib(pid: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
+def server(tiny_model_dir, serve_process):
     """``sumi serve`` with the API key in $SUMI_API_KEY (not on the command line), short header deadline."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "sumi.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-           "--header-timeout", str(HEADER_TIMEOUT), "--max-request-cost", str(MAX_COST), "--max-request-bytes",
-           str(1 << 20), "--batch-window-ms", "5", "--model-name", "tiny", "--log-level", "warning"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               SUMI_API_KEY=KEY)
-    log = open(tiny_model_dir.parent / f"hardening-{port}.log", "w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"sumi serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "sumi serve did not become healthy within 90 s"
-            time.sleep(0.2)
-        assert KEY not in " ".join(cmd)
+    args = ["--header-timeout", str(HEADER_TIMEOUT), "--max-request-cost", str(MAX_COST), "--max-request-bytes",
+            str(1 << 20), "--batch-window-ms", "5", "--model-name", "tiny", "--log-level", "warning"]
+    assert KEY not in " ".join(args)
+    with serve_process(tiny_model_dir, *args, env={"OMP_NUM_THREADS": "1", "SUMI_API_KEY": KEY},
+                       log_name="hardening") as (base, port, proc, log_path):
         yield base, port, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.seek(0)
-        text = log.read()
-        log.close()
-        assert "Traceback" not in text, text[-3000:]
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,6 @@ completions, chat completions (plain and streamed in OpenAI's delta format), inf
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 
 httpx = pytest.importorskip("httpx")
@@ -22,37 +15,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    log = open(tiny_model_dir.parent / f"serve-openai-{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "sumi.cli", "serve", "--model", str(tiny_model_dir), "--port",
-                             str(port), "--model-name", "sumi-tiny", "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"sumi serve exited: {log.read()}")
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+def server(tiny_model_dir, serve_process):
+    with serve_process(tiny_model_dir, "--model-name", "sumi-tiny", "--log-level", "warning",
+                       env={"OMP_NUM_THREADS": "1"}, log_name="serve-openai") as (base, *_):
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
