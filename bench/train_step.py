@@ -31,20 +31,9 @@ from sumi.config import get_preset  # noqa: E402
 from sumi.diffusion import TimeSampler, alpha_from_time, uniform  # noqa: E402
 from sumi.diffusion.loss import sumi_loss, sumi_loss_reference  # noqa: E402
 from sumi.model import SumiForMaskGeneration  # noqa: E402
+from sumi.plan import matmul_peak_gflops as matmul_peak  # noqa: E402
 from sumi.train.config import OptimizerSection  # noqa: E402
 from sumi.train.optim import build_optimizer  # noqa: E402
-
-
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """Best fp32 GFLOP/s of an n×n @ n×n matmul (2n³ flops)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def model_flops(cfg, tokens: int, seq: int) -> float:

@@ -26,6 +26,7 @@ of the two. MFU = model FLOPs / (step time · peak).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 from sumi.config import SumiConfig
@@ -273,3 +274,17 @@ def describe(c: SumiConfig, seq_len: int, global_batch: int, cluster: Cluster, b
         lines.append(f"budget       {tokens / 1e12:g}T tokens: {hours:,.0f} GPU-hours, "
                      f"{hours / cluster.gpus / 24:.1f} days on {cluster.gpus} GPUs")
     return lines
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n×n @ n×n matmul on this process's threads (the CPU benchmarks' and the demo's peak)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     logger.info("probe step %.2fs -> %d steps of %d tokens (~%.1f min)", step_s, steps,
                 cfg.training.micro_batch_size * args.seq_len, steps * per_step / 60)
     # A re-run of the demo starts afresh: an earlier demo run is moved aside (<output>.old-<time>), not deleted.
+    from sumi.plan import matmul_peak_gflops
+
     peak_before = matmul_peak_gflops()
     result = train(cfg, tokenizer=tok, overwrite=True)
 
@@ -152,25 +154,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Best fp32 GFLOP/s of an n×n @ n×n matmul on this process's threads (the benchmark's peak)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
 def _efficiency_line(cfg, result, peak_before: float) -> str:
     """Training tokens/s (the trainer's average, evaluations and checkpoints included) as GFLOP/s and MFU, with
     the FLOP count and peak of ``bench/train_step.py``; the peak is the best of one measured before training and
     one now, on the same threads (on a shared machine either may be depressed)."""
-    from sumi.plan import model_flops_per_token
+    from sumi.plan import matmul_peak_gflops, model_flops_per_token
 
     records = [r for r in result.history if "tokens_per_s" in r]
     if not records:
