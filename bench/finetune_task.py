@@ -11,7 +11,7 @@ LoRA, with and without classifier-free guidance.
    runs go in parallel, one thread each (2 cores in all), each stopped by ``training.time_limit_minutes``.
 4. **Evaluation** (in the same two processes): every held-out prompt on the fine-tuning layout (prompt,
    ``--budget`` reply positions, EOS/BOS anchor), adaptive sampler at T = 0, exact match of the reply (cut at
-   ``<|im_end|>``), at γ = 1 and at γ = ``--guidance``.
+   ``<|im_end|>``), at γ = 1 and at every γ of ``--guidance``; exact match ± its standard error over prompts.
 
 Prints ONE JSON line. Wall time depends on what else runs on the machine: the line carries wall and CPU seconds
 and the load average, so a slow run on a shared machine is visible as such.
@@ -31,27 +31,30 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("reverse", "sort", "lookup")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base", default=None, help="base model directory (default: pretrain one here)")
+    p.add_argument("--base", default=None, help="base model directory (default: runs/demo/model if it exists, "
+                   "else pretrain one here)")
     p.add_argument("--base-minutes", type=float, default=2.0, help="pretraining budget when --base is not given")
     p.add_argument("--output", default="runs/finetune_task")
+    p.add_argument("--kinds", default="pick", help="comma-separated task kinds (sumi.finetune.tasks.TASK_KINDS)")
     p.add_argument("--train", type=int, default=6000, help="training chats")
-    p.add_argument("--heldout", type=int, default=150, help="held-out chats")
+    p.add_argument("--heldout", type=int, default=200, help="held-out chats")
     p.add_argument("--canvas", type=int, default=64, help="fine-tuning canvas length")
-    p.add_argument("--budget", type=int, default=12, help="reply budget (finetune.response_budget, max_new_tokens)")
-    p.add_argument("--minutes", type=float, default=4.0, help="time limit of each fine-tuning run")
-    p.add_argument("--steps", type=int, default=400, help="planned optimizer steps of each run")
+    p.add_argument("--budget", type=int, default=4, help="reply budget (finetune.response_budget, max_new_tokens)")
+    p.add_argument("--minutes", type=float, default=11.5, help="time limit of each fine-tuning run")
+    p.add_argument("--steps", type=int, default=3800, help="planned optimizer steps of each run")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, full fine-tuning")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, full fine-tuning")
     p.add_argument("--lora-lr", type=float, default=5e-3, help="peak learning rate, LoRA")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--prompt-drop", type=float, default=0.1)
-    p.add_argument("--guidance", type=float, default=1.5, help="the guidance scale γ compared with γ = 1")
-    p.add_argument("--eval-steps", type=int, default=12, help="denoising steps per reply")
+    p.add_argument("--guidance", default="1.5,3", help="guidance scales γ compared with γ = 1 (comma-separated)")
+    p.add_argument("--eval-steps", type=int, default=4, help="denoising steps per reply")
+    p.add_argument("--lora-norms", action=argparse.BooleanOptionalAction, default=True,
+                   help="LoRA also trains the RMSNorm gains (lora.train_norms)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-before", action="store_true", help="do not score the base model (reported as null)")
     p.add_argument("--worker", choices=("full", "lora"), default=None, help=argparse.SUPPRESS)
@@ -76,12 +79,20 @@ def pretrain_base(out: Path, minutes: float, seed: int) -> Path:
     return out / "model"
 
 
-def write_task(out: Path, train: int, heldout: int, seed: int):
+def guidance_scales(args) -> list[float]:
+    return [float(g) for g in args.guidance.split(",") if g.strip()]
+
+
+def kinds_of(args) -> tuple[str, ...]:
+    return tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+
+
+def write_task(out: Path, train: int, heldout: int, seed: int, kinds: tuple[str, ...]):
     from sumi.finetune.tasks import generate_split
 
     out.mkdir(parents=True, exist_ok=True)
-    train_examples = generate_split("train", train, seed=seed, kinds=KINDS)
-    held = generate_split("heldout", heldout, seed=seed, kinds=KINDS)
+    train_examples = generate_split("train", train, seed=seed, kinds=kinds)
+    held = generate_split("heldout", heldout, seed=seed, kinds=kinds)
     for name, examples in (("train", train_examples), ("heldout", held)):
         with open(out / f"{name}.jsonl", "w") as f:
             for e in examples:
@@ -95,6 +106,7 @@ def finetune_overrides(args, base: Path, out: Path, lora: bool) -> list[str]:
             f"finetune.heldout_data={out / 'heldout.jsonl'}", f"finetune.canvas_length={args.canvas}",
             f"finetune.response_budget={args.budget}",
             f"finetune.prompt_drop={args.prompt_drop}", f"lora.rank={args.lora_rank if lora else 0}",
+            f"lora.train_norms={str(args.lora_norms).lower()}",
             f"optimizer.lr={lr}", f"schedule.min_lr={lr / 10}", "optimizer.weight_decay=0.0", "schedule.kind=wsd",
             f"schedule.warmup_steps={min(20, args.steps // 10)}", "schedule.decay_fraction=0.2",
             f"training.steps={args.steps}",
@@ -118,15 +130,16 @@ def worker(args) -> int:
     start, cpu_start = time.perf_counter(), time.process_time()
     result = finetune(resolve_run_config(None, finetune_overrides(args, Path(args.base), out, lora)))
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-    held = generate_split("heldout", args.heldout, seed=args.seed, kinds=KINDS)
+    held = generate_split("heldout", args.heldout, seed=args.seed, kinds=kinds_of(args))
     model = load_model(result.model_dir).eval()
     from sumi.tokenizer import load_tokenizer
 
     tok = load_tokenizer(result.model_dir)
     plain = evaluate(model, tok, held, args.budget, 1.0, args.eval_steps)
-    guided = evaluate(model, tok, held, args.budget, args.guidance, args.eval_steps)
-    record = {"exact_match": plain["exact_match"], f"exact_match_guided_{args.guidance:g}": guided["exact_match"],
-              "by_kind": plain["by_kind"], "by_kind_guided": guided["by_kind"], "samples": plain["samples"],
+    guided = {f"{g:g}": evaluate(model, tok, held, args.budget, g, args.eval_steps) for g in guidance_scales(args)}
+    record = {"exact_match": plain["exact_match"], "exact_match_se": plain["exact_match_se"],
+              "exact_match_guided": {g: [r["exact_match"], r["exact_match_se"]] for g, r in guided.items()},
+              "by_kind": plain["by_kind"], "samples": plain["samples"],
               "steps": result.steps, "final_loss": round(result.final_loss, 4),
               "heldout_response_nelbo": round(result.heldout_nelbo, 4), "train_s": round(train_s, 1),
               "train_cpu_s": round(train_cpu_s, 1), "eval_s": round(time.perf_counter() - start - train_s, 1)}
@@ -175,7 +188,8 @@ def evaluate(model, tok, examples, budget: int, guidance: float, steps: int) -> 
             correct[i] = exact_match(replies[i], examples[i].answer)
     for e, ok in zip(examples, correct):
         by_kind.setdefault(e.kind, []).append(ok)
-    return {"exact_match": round(sum(correct) / len(correct), 4),
+    share = sum(correct) / len(correct)
+    return {"exact_match": round(share, 4), "exact_match_se": round((share * (1 - share) / len(correct)) ** 0.5, 4),
             "by_kind": {k: round(sum(v) / len(v), 4) for k, v in by_kind.items()},
             "samples": [f"{e.prompt} -> {r!r}" for e, r in list(zip(examples, replies))[:3]]}
 
@@ -194,18 +208,26 @@ def main() -> int:
     torch.set_num_threads(2)
     started, cpu_started = time.perf_counter(), time.process_time()
     out = Path(args.output)
-    base = Path(args.base) if args.base else pretrain_base(out / "base", args.base_minutes, args.seed)
+    demo = ROOT / "runs" / "demo" / "model"  # what `bash scripts/run.sh` leaves behind
+    if args.base:
+        base = Path(args.base)
+    elif (demo / "config.json").is_file():
+        base = demo
+    else:
+        base = pretrain_base(out / "base", args.base_minutes, args.seed)
     base_s = time.perf_counter() - started
-    held = write_task(out, args.train, args.heldout, args.seed)
+    held = write_task(out, args.train, args.heldout, args.seed, kinds_of(args))
     model, tok = resolve_model(base)
     before = None if args.skip_before else evaluate(model.eval(), tok, held, args.budget, 1.0, args.eval_steps)
-    trainable, total = parameter_counts(apply_lora(load_model(base), LoraSection(rank=args.lora_rank)))
+    lora_section = LoraSection(rank=args.lora_rank, train_norms=args.lora_norms)
+    trainable, total = parameter_counts(apply_lora(load_model(base), lora_section))
     runs = run_workers(args, base, out)
-    result = {"bench": "finetune_task", "task": list(KINDS), "train_chats": args.train, "heldout_chats": args.heldout,
+    result = {"bench": "finetune_task", "task": list(kinds_of(args)), "train_chats": args.train,
+              "heldout_chats": args.heldout,
               "canvas": args.canvas, "budget": args.budget, "base": str(base), "base_s": round(base_s, 1),
               "before": before and before["exact_match"], "full": {**runs["full"], "trainable_share": 1.0},
               "lora": {**runs["lora"], "trainable_share": round(trainable / total, 4), "rank": args.lora_rank}}
-    result.update(guidance_scale=args.guidance, prompt_drop=args.prompt_drop, steps_planned=args.steps,
+    result.update(guidance_scales=guidance_scales(args), prompt_drop=args.prompt_drop, steps_planned=args.steps,
                   minutes_limit_per_run=args.minutes, wall_s=round(time.perf_counter() - started, 1),
                   cpu_s_main=round(time.process_time() - cpu_started, 1),
                   load_avg_1m=round(os.getloadavg()[0], 2))

@@ -152,6 +152,36 @@ def test_prompt_positions_are_clean_and_never_targets(tmp_path, tiny_model_dir, 
     assert torch.equal(sumi_loss(logits, z, other, t)[0], loss)
 
 
+def test_scored_only_forward_and_trimmed_padding_give_the_full_canvas_loss_and_gradients(tmp_path, tiny_model_dir,
+                                                                                         chat_file):
+    """The fine-tuning fast path (head and loss only at scored positions, padding columns no row uses dropped)
+    gives the loss, metrics and parameter gradients of the slow path (full logits on the untrimmed canvas)."""
+    from sumi.finetune.run import build_finetune_trainer
+
+    trainer = build_finetune_trainer(run_config(tmp_path, tiny_model_dir, chat_file, "finetune.response_budget=24"))
+    batch = next(trainer.train_loader)
+    width = batch.input_ids.shape[1]
+    assert width < CANVAS and bool(batch.attention_mask[:, -1].any())  # trimmed to the longest row, no further
+    z, t, labels = trainer.make_inputs(batch, (0, 0, 0))
+    pad = CANVAS - width  # the untrimmed canvas: padding (masked keys, ignored labels) out to C
+    full = [torch.nn.functional.pad(v, (0, pad), value=fill)
+            for v, fill in ((z, 0), (t, 0.5), (labels, IGNORE_INDEX), (trainer.key_mask(batch), False))]
+
+    def grads(out):
+        trainer.model.zero_grad()
+        out.loss.backward()
+        return out, [p.grad.clone() for p in trainer.model.parameters()]
+
+    fast, fast_grads = grads(trainer._forward(z, t, labels, trainer.key_mask(batch), scored_only=True))
+    slow, slow_grads = grads(trainer._forward(*full[:3], full[3]))
+    assert fast.logits.shape[:2] == (1, int((labels != IGNORE_INDEX).sum()))
+    torch.testing.assert_close(fast.loss, slow.loss, rtol=1e-5, atol=1e-6)
+    for key in ("elbo", "tokens"):
+        torch.testing.assert_close(fast.metrics[key], slow.metrics[key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_prompt_drop_replaces_whole_prompts_with_pad():
     x = torch.arange(1, 25).view(4, 6)
     target = torch.zeros(4, 6, dtype=torch.bool)
@@ -217,12 +247,19 @@ def test_task_split_is_disjoint_and_deterministic():
     assert {e.prompt for e in train}.isdisjoint(e.prompt for e in held)
     assert generate_split("heldout", 50, seed=3) == held
     assert {e.kind for e in train} == set(TASK_KINDS)
-    for e in train[:8]:
+    for e in train[:20]:
         if e.kind == "reverse":
             assert e.answer.split() == e.prompt.split(": ")[1].split()[::-1]
         if e.kind == "add":
             a, b = (int(w.strip(".")) for w in e.prompt.split()[1::2])
             assert int(e.answer) == a + b
+        if e.kind == "pick":  # exactly one shown word is of the asked category, and it is the answer
+            from sumi.finetune.tasks import CATEGORIES
+
+            category = e.prompt.split("Which word is ")[1].split(":")[0]
+            shown = e.prompt.split(": ")[1].rstrip("?").split()
+            assert [w for w in shown if w in CATEGORIES[category]] == [e.answer]
+    assert train[0].messages()[-1]["content"] == " " + train[0].answer  # the reply after a space (see messages)
     assert exact_match(" a b ", "a b") and not exact_match("a b c", "a b")
 
 
@@ -233,9 +270,12 @@ def _randomise_adapters(model, seed: int) -> None:
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * 0.1)
+            elif "modules_to_save" in name:  # trained norm gains (lora.train_norms)
+                param.mul_(1 + torch.rand(param.shape, generator=gen, dtype=param.dtype))
 
 
-def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config):
+@pytest.mark.parametrize("train_norms", [False, True])
+def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config, train_norms):
     from peft import PeftModel
 
     from sumi.finetune.config import LoraSection
@@ -245,9 +285,13 @@ def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config)
     def base():
         return SumiForMaskGeneration.from_config(tiny_config, seed=0, dtype=torch.float64)
 
-    lora = apply_lora(base(), LoraSection(rank=4))
+    lora = apply_lora(base(), LoraSection(rank=4, train_norms=train_norms))
     trainable, total = parameter_counts(lora)
-    assert trainable == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n) and trainable < total
+    adapted = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n or
+                            "modules_to_save" in n) and trainable < total
+    norms = 2 * tiny_config.num_hidden_layers + 1  # input and post-attention norms per block, and the final norm
+    assert sum("modules_to_save" in n for n in adapted) == (norms if train_norms else 0)
     ids = torch.randint(0, tiny_config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
     assert torch.equal(lora(ids).logits, base()(ids).logits)  # fresh adapters (B = 0) change nothing
     _randomise_adapters(lora, 2)
@@ -265,7 +309,7 @@ def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config)
     save_model(merged, tmp_path / "merged")  # the plain model has no save_pretrained (sumi.Sumi has)
 
     # Reloaded: the same weights (its RoPE tables are built in fp32, hence the tolerance).
-    torch.testing.assert_close(load_model(tmp_path / "merged")(ids).logits, reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(load_model(tmp_path / "merged")(ids).logits, reference, rtol=0, atol=5e-6)
 
 
 def test_lora_finetune_trains_adapters_only_and_exports_adapter_and_merged_model(tmp_path, tiny_model_dir, chat_file):

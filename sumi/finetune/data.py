@@ -52,8 +52,9 @@ class SFTExample:
 
 @dataclass
 class SFTBatch:
-    """A batch of SFT canvases, all [B, C]: clean ids, the positions that are noised and scored, and the key mask
-    (False = padding after the anchor, which no position attends to)."""
+    """A batch of SFT canvases, all [B, W]: clean ids, the positions that are noised and scored, and the key mask
+    (False = padding after the anchor, which no position attends to). W ≤ C: the loader drops the padding columns
+    that no row of the batch uses."""
 
     input_ids: torch.Tensor
     target_mask: torch.Tensor
@@ -276,8 +277,11 @@ class SFTLoader:
         start = self.step * self.global_batch + self.rank * self.batch_size
         rows = torch.from_numpy(order[np.arange(start, start + self.batch_size) % n])
         self.step += 1
-        return SFTBatch(self.dataset.input_ids[rows], self.dataset.target_mask[rows],
-                        self.dataset.attention_mask[rows])
+        # Padding sits after every row's anchor and no position attends to it, so the columns no row of this
+        # batch uses are dropped: the same logits and loss at every real position, for less compute.
+        width = int(self.dataset.attention_mask[rows].sum(dim=1).max())
+        return SFTBatch(self.dataset.input_ids[rows, :width], self.dataset.target_mask[rows, :width],
+                        self.dataset.attention_mask[rows, :width])
 
     def state_dict(self) -> dict:
         """The read position (the same on every rank: positions are global)."""

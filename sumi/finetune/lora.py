@@ -32,11 +32,15 @@ def _peft():
 
 def apply_lora(model: nn.Module, section: LoraSection, seed: int = 0) -> nn.Module:
     """``model`` wrapped in a ``peft.PeftModel`` with fresh adapters (B = 0, so the output is unchanged);
-    every base weight is frozen and only the adapters train. The A matrices are drawn from ``seed`` (peft draws
-    them from torch's global RNG, which is left as it was), so a run is reproducible from its config."""
+    every base weight is frozen and only the adapters train (and, with ``section.train_norms``, trainable copies
+    of the RMSNorm gains, which PEFT saves with the adapters and merges back). The A matrices are drawn from
+    ``seed`` (peft draws them from torch's global RNG, which is left as it was), so a run is reproducible from
+    its config."""
     peft = _peft()
+    norms = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if name and name.rsplit(".", 1)[-1].endswith("norm")}) if section.train_norms else None
     config = peft.LoraConfig(r=section.rank, lora_alpha=section.alpha, lora_dropout=section.dropout,
-                             target_modules=list(section.targets), bias="none")
+                             target_modules=list(section.targets), bias="none", modules_to_save=norms)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         wrapped = peft.get_peft_model(model, config)

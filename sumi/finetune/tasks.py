@@ -5,7 +5,9 @@ Four kinds of instruction, each with one exact answer (so exact match is a fair 
 * ``reverse``: "Reverse the words: stone river bird" → "bird river stone";
 * ``sort``: "Sort the letters: d b e a" → "a b d e";
 * ``lookup``: a three-sentence passage "Ann has a red cup. …" and "What does Ben have?" → "a green hat";
-* ``add``: "Add 23 and 41." → "64" (two-digit addition).
+* ``add``: "Add 23 and 41." → "64" (two-digit addition);
+* ``pick``: "Which word is a metal: day lion iron hand?" → "iron" (one word of the asked category among 3–5 words
+  of different categories).
 
 Instances are drawn from a seeded RNG; the split is by a hash of the instruction, so a held-out instruction
 never appears in the training set (whatever the sizes or seeds of the two draws).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from sumi.errors import ConfigError
 
-TASK_KINDS = ("reverse", "sort", "lookup", "add")
+TASK_KINDS = ("reverse", "sort", "lookup", "add", "pick")
 SYSTEM_PROMPT = "You follow instructions exactly."
 
 WORDS = ("apple", "bird", "stone", "river", "house", "light", "water", "king", "tree", "fire", "horse", "gold",
@@ -30,6 +32,15 @@ NAMES = ("Ann", "Ben", "Carl", "Dora", "Eve", "Finn", "Gus", "Hope", "Ivan", "Ja
 COLOURS = ("red", "green", "blue", "black", "white", "brown")
 THINGS = ("cup", "hat", "box", "coat", "ring", "bell", "lamp", "bag")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+CATEGORIES = {  # words the demo's 8k BPE keeps whole after a space, so a word is one token in the prompt
+    "an animal": ("horse", "dog", "bird", "fish", "lion", "sheep", "ox", "bear"),
+    "a colour": ("red", "green", "blue", "black", "white"),
+    "a metal": ("gold", "silver", "iron", "brass"),
+    "a number": ("one", "two", "three", "four", "five", "six", "seven"),
+    "a part of the body": ("hand", "head", "eye", "foot", "heart", "arm"),
+    "a time": ("day", "night", "morning", "year", "hour", "week"),
+    "a relative": ("father", "mother", "son", "brother", "sister", "wife"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +52,16 @@ class Example:
     answer: str
 
     def messages(self, system: bool = True) -> list[dict[str, str]]:
-        """The example as a chat: (system,) user, assistant."""
+        """The example as a chat: (system,) user, assistant.
+
+        The reply is written after a space (``" iron"``; exact match strips it). A byte-level BPE keeps a word
+        whole after a space, and the prompt's words follow spaces, but ChatML puts the reply at the start of a
+        line, where the demo's tokenizer splits most words ("iron" → "ir" + "on"): the model would have to learn
+        a second spelling of every answer word besides the task (measured on ``pick``: 0% held-out exact match
+        after 3 minutes with replies at the line start, 12% with the space)."""
         turns = [{"role": "system", "content": SYSTEM_PROMPT}] if system else []
-        return turns + [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.answer}]
+        return turns + [{"role": "user", "content": self.prompt},
+                        {"role": "assistant", "content": " " + self.answer}]
 
 
 def make_example(kind: str, rng: random.Random) -> Example:
@@ -60,6 +78,12 @@ def make_example(kind: str, rng: random.Random) -> Example:
         passage = " ".join(f"{n} has {item}." for n, item in zip(names, items))
         asked = rng.randrange(3)
         return Example(kind, f"{passage} What does {names[asked]} have?", items[asked])
+    if kind == "pick":
+        categories = rng.sample(sorted(CATEGORIES), rng.randint(3, 5))
+        words = [rng.choice(CATEGORIES[c]) for c in categories]
+        asked = rng.randrange(len(words))
+        shown = rng.sample(words, len(words))
+        return Example(kind, f"Which word is {categories[asked]}: {' '.join(shown)}?", words[asked])
     if kind == "add":
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         return Example(kind, f"Add {a} and {b}.", str(a + b))

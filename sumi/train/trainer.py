@@ -233,10 +233,22 @@ class Trainer:
         return None
 
     def _forward(self, z: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor,
-                 key_mask: torch.Tensor | None = None) -> SumiOutput:
-        """The model's logits on z, then the one loss on them (``sumi.diffusion.loss.model_loss``)."""
+                 key_mask: torch.Tensor | None = None, scored_only: bool = False) -> SumiOutput:
+        """The model's logits on z, then the one loss on them (``sumi.diffusion.loss.model_loss``).
+
+        ``scored_only`` (fine-tuning batches): run the head and the loss only at the scored positions
+        (``logits_at``), as one row [1, n]. The loss is a mean over scored tokens, so this is the same loss and
+        gradient; it skips the head at the prompt, anchor and padding (the head is ~40% of the demo model's
+        forward, and a short reply is a fifth of its canvas).
+        """
         with self._autocast():
-            logits = self.module(z, attention_mask=key_mask, validate=False).logits
+            if scored_only and t is not None:
+                scored = labels != IGNORE_INDEX
+                logits = self.module(z, attention_mask=key_mask, logits_at=scored, validate=False).logits[None]
+                t = t.expand(z.shape) if t.dim() == 2 else t[:, None].expand(z.shape)
+                z, labels, t = z[scored][None], labels[scored][None], t[scored][None]
+            else:
+                logits = self.module(z, attention_mask=key_mask, validate=False).logits
             loss, metrics = model_loss(self.model_config, logits, z, labels, t)
         return SumiOutput(logits=logits, loss=loss, metrics=metrics)
 
@@ -259,7 +271,7 @@ class Trainer:
             last = micro == self.grad_accum_steps - 1
             sync = nullcontext() if (last or self.parallelism != "ddp") else self.module.no_sync()
             with sync:
-                out = self._forward(z, t, labels, self.key_mask(batch))
+                out = self._forward(z, t, labels, self.key_mask(batch), isinstance(batch, SFTBatch))
                 (out.loss / self.grad_accum_steps).backward()
             metrics = out.metrics
             sums += torch.stack([out.loss.detach().float()] + [
@@ -309,7 +321,7 @@ class Trainer:
         for index in range(num_batches):
             batch = next(loader)
             z, t, labels = self.make_inputs(batch, (tc.eval_seed, index), per_token_fraction=0.0, prompt_drop=0.0)
-            out = self._forward(z, t, labels, self.key_mask(batch))
+            out = self._forward(z, t, labels, self.key_mask(batch), isinstance(batch, SFTBatch))
             tokens = out.metrics["tokens"].double()
             totals += torch.stack([out.metrics["elbo"].double() * tokens, tokens])
         if self.env.distributed:
