@@ -1,13 +1,14 @@
 """Instruction tuning proven on a task: held-out exact match before and after ``sumi finetune``, full fine-tuning vs
 LoRA, with and without classifier-free guidance.
 
-1. **Base model**: ``--base DIR`` (e.g. ``runs/demo/model`` from ``bash scripts/run.sh``), or a small UDLM this
-   script pretrains on the embedded corpus for ``--base-minutes`` (the demo's 8k BPE and recipe, 64-token
-   canvases).
-2. **Task** (:mod:`sumi.finetune.tasks`): reverse 3–5 words, sort 3–5 letters, answer from a three-sentence
-   passage; ``--train`` training chats and ``--heldout`` held-out ones (split by a hash of the instruction).
+1. **Base model**: ``--base DIR``; by default the demo's (``runs/demo/model``, from ``bash scripts/run.sh``),
+   or, when there is none, a small UDLM this script pretrains on the embedded corpus for ``--base-minutes`` (the
+   demo's 8k BPE and recipe, 64-token canvases).
+2. **Task** (:mod:`sumi.finetune.tasks`): ``--kinds`` (default ``pick``: the word of the asked category among
+   3–5 words); ``--train`` training chats and ``--heldout`` held-out ones (split by a hash of the instruction).
 3. **Fine-tuning**: ``sumi finetune`` twice, full and LoRA (rank ``--lora-rank`` on every attention and MLP
-   projection), both with ``finetune.prompt_drop`` so one model serves guided and unguided sampling. The two
+   projection, plus the RMSNorm gains with ``--lora-norms``), both with ``finetune.prompt_drop`` so one model
+   serves guided and unguided sampling. The two
    runs go in parallel, one thread each (2 cores in all), each stopped by ``training.time_limit_minutes``.
 4. **Evaluation** (in the same two processes): every held-out prompt on the fine-tuning layout (prompt,
    ``--budget`` reply positions, EOS/BOS anchor), adaptive sampler at T = 0, exact match of the reply (cut at
@@ -16,7 +17,9 @@ LoRA, with and without classifier-free guidance.
 Prints ONE JSON line. Wall time depends on what else runs on the machine: the line carries wall and CPU seconds
 and the load average, so a slow run on a shared machine is visible as such.
 
-Usage: nice -n 10 python bench/finetune_task.py [--base runs/demo/model] [--minutes 4] [--output runs/ft_task]
+The defaults fit the issue's 15 minutes on 2 idle cores (measured: 10.7 min wall; docs/finetuning.md).
+
+Usage: python bench/finetune_task.py [--base runs/demo/model] [--kinds pick,reverse] [--minutes 11.5]
 """
 
 from __future__ import annotations
