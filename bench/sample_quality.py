@@ -36,20 +36,37 @@ NEW_TOKENS = 128
 REFERENCE = {"sampler": "ancestral", "num_denoising_steps": 128, "temperature": 1.0, "preset": "release"}
 
 
-def held_out_prompts(run_dir: Path, tokenizer, count: int) -> list[str]:
-    """The first PROMPT_TOKENS ordinary tokens of the first ``count`` held-out canvases, decoded."""
+def held_out_prompts(run_dir: Path, tokenizer, count: int) -> tuple[list[str], list[list[int]]]:
+    """The first PROMPT_TOKENS ordinary tokens of held-out windows (one every 64 tokens of the held-out canvases),
+    decoded, and the NEW_TOKENS ids that follow each in the data (the "held-out text" anchor)."""
     from sumi.data import PackedLoader
 
     loader = PackedLoader(run_dir / "shards", "heldout", batch_size=1, shuffle=False, drop_last=False)
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    prompts = []
+    prompts, continuations = [], []
     for canvas in loader:
         ids = [i for i in canvas[0].tolist() if i not in special]
-        for start in range(0, len(ids) - PROMPT_TOKENS, 64):
+        for start in range(0, len(ids) - PROMPT_TOKENS - NEW_TOKENS, 64):
             prompts.append(tokenizer.decode(ids[start:start + PROMPT_TOKENS]))
+            continuations.append(ids[start + PROMPT_TOKENS:start + PROMPT_TOKENS + NEW_TOKENS])
             if len(prompts) == count:
-                return prompts
-    return prompts
+                return prompts, continuations
+    return prompts, continuations
+
+
+def anchors(prompts: list[str], continuations: list[list[int]], tokenizer, judge, vocab_size: int) -> dict:
+    """What the judge says of text that is not sampled, to place the samplers' numbers: the held-out text that
+    follows each prompt (the best a sampler can hope for) and uniformly random ids (what no denoising gives)."""
+    from sumi.eval.quality import measure, summarize
+
+    generator = torch.Generator().manual_seed(0)
+    random_ids = torch.randint(0, vocab_size, (len(prompts), NEW_TOKENS), generator=generator).tolist()
+    out = {}
+    for name, rows in (("held-out text", continuations), ("uniform random ids", random_ids)):
+        summary = summarize(measure(prompts, [tokenizer.decode(r) for r in rows], rows, judge))
+        out[name] = {"gen_ppl": round(summary.gen_ppl, 3), "gen_ppl_se": round(summary.gen_ppl_se, 3),
+                     "entropy": round(summary.entropy, 4)}
+    return out
 
 
 def grid(quick: bool, full: bool = False) -> list[dict]:
@@ -138,7 +155,7 @@ def main() -> None:
     model, tokenizer = resolve_model(str(udlm_dir))
     model.eval()
     judge = load_judge(judge_dir, batch_size=args.batch_size)
-    prompts = held_out_prompts(args.run_dir, tokenizer, args.prompts)
+    prompts, continuations = held_out_prompts(args.run_dir, tokenizer, args.prompts)
     points_grid = grid(args.quick, args.full)
     started = time.perf_counter()
 
@@ -148,7 +165,8 @@ def main() -> None:
                      point.nfe_per_sample, s.gen_ppl, s.gen_ppl_se, s.entropy, s.noise_share or 0.0, s.wall_s)
 
     shard, shards = (int(v) for v in args.shard.split("/"))
-    stamp = f"{udlm_dir.stat().st_mtime_ns}-{judge_dir.stat().st_mtime_ns}-{len(prompts)}-{NEW_TOKENS}"
+    prompts_hash = hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:12]  # new prompts, new points
+    stamp = f"{udlm_dir.stat().st_mtime_ns}-{judge_dir.stat().st_mtime_ns}-{prompts_hash}-{NEW_TOKENS}"
     points, missing = [], 0
     for index, options in enumerate(points_grid):
         cache = args.run_dir / "points" / (hashlib.sha1((stamp + json.dumps(options, sort_keys=True)).encode())
@@ -168,11 +186,13 @@ def main() -> None:
         print(json.dumps({"measured": len(points), "missing": missing, "note": "run the other shards, then once more"}))
         return
     reference_index = points_grid.index(REFERENCE)
+    marks = anchors(prompts, continuations, tokenizer, judge, tokenizer.vocab_size)
     result = speedup(points, reference_index)
     floor = 0.97 * points[reference_index].summary.entropy  # the speed-up's entropy condition
-    write_sweep(args.run_dir / "sweep.json", points, extra={"prompts": prompts, **result}, entropy_floor=floor)
+    write_sweep(args.run_dir / "sweep.json", points, extra={"prompts": prompts, "anchors": marks, **result},
+                entropy_floor=floor)
     plot_sweep(points, args.plot or args.run_dir / "sweep.png", reference=points[reference_index],
-               entropy_floor=floor,
+               entropy_floor=floor, anchors={k: v["gen_ppl"] for k, v in marks.items()},
                title=f"{len(prompts)} held-out prompts, {NEW_TOKENS} new tokens (bench/sample_quality.py); "
                      "floor = 97% of the reference's entropy")
     record = {"config": {"prompts": len(prompts), "new_tokens": NEW_TOKENS, "threads": args.threads,
@@ -182,7 +202,7 @@ def main() -> None:
                                      "gen_ppl_se": round(p.summary.gen_ppl_se, 3),
                                      "entropy": round(p.summary.entropy, 4),
                                      "noise_share": p.summary.noise_share} for p in points},
-              **result}
+              "anchors": marks, **result}
     print(json.dumps(record))
 
 

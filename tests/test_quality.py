@@ -191,7 +191,9 @@ def test_sweep_on_tiny_model_writes_json_and_png(tmp_path, tiny_model, tiny_toke
     assert points[0].summary.noise_share is not None and points[3].summary.noise_share is not None
     doc = json.loads(write_sweep(tmp_path / "sweep.json", points).read_text())
     assert len(doc["points"]) == 5 and any(p["pareto"] for p in doc["points"])
-    png = plot_sweep(points, tmp_path / "sweep.png", reference=points[0])
+    png = plot_sweep(points, tmp_path / "sweep.png", reference=points[0], entropy_floor=1.0,
+                     anchors={"held-out text": 50.0, "uniform random ids": 900.0},
+                     title="a title long enough to need wrapping " * 4)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same seeds give the same numbers
     again = run_sweep(tiny_model, tiny_tokenizer, prompts, judge, grid[:1], base={"max_new_tokens": 16},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +106,13 @@ def write_sweep(path: str | Path, points: Sequence[SweepPoint], extra: dict | No
 
 
 def plot_sweep(points: Sequence[SweepPoint], path: str | Path, *, title: str = "sample quality against cost",
-               reference: SweepPoint | None = None, entropy_floor: float | None = None) -> Path:
+               reference: SweepPoint | None = None, entropy_floor: float | None = None,
+               anchors: dict[str, float] | None = None) -> Path:
     """Two panels sharing the NFE axis (log₂): Gen PPL ± s.e. (the Pareto front joined) and unigram entropy.
 
     Points are coloured by sampler family; ``reference`` (e.g. the released sampler) draws dashed guides. With
-    ``entropy_floor`` the front is drawn among the points whose entropy reaches it (also drawn).
+    ``entropy_floor`` the front is drawn among the points whose entropy reaches it (also drawn). ``anchors``
+    (label → Gen PPL, e.g. of held-out text and of random ids) are drawn as dotted lines to place the points.
     """
     from sumi.eval.plots import _figure, _save
 
@@ -135,11 +138,13 @@ def plot_sweep(points: Sequence[SweepPoint], path: str | Path, *, title: str = "
     if reference is not None:
         top.axhline(reference.summary.gen_ppl, linestyle="--", color="grey", linewidth=1,
                     label=f"reference: {reference.label}")
+    for i, (name, gen_ppl) in enumerate((anchors or {}).items()):
+        top.axhline(gen_ppl, linestyle=":", color=f"C{(len(families) + i) % 10}", linewidth=1.2, label=name)
     if entropy_floor is not None:
         bottom.axhline(entropy_floor, linestyle=":", color="grey", linewidth=1, label="entropy floor")
     top.set_ylabel("Gen PPL under the judge (exp nats/token)")
     top.set_yscale("log")
-    top.set_title(title)
+    top.set_title(textwrap.fill(title, 90), fontsize=9)  # wrapped: a long title would be clipped at the edges
     top.grid(alpha=0.3, which="both")
     top.legend(fontsize=7, loc="upper right")
     bottom.set_xlabel("NFE per sample (forward calls)")
