@@ -12,7 +12,7 @@ PPL + its s.e., at a unigram entropy at least 97% of the reference's (points run
 candidates).
 
 Prints one JSON line; writes ``<run-dir>/sweep.json`` and ``<run-dir>/sweep.png`` (``--plot`` to move it).
-Usage: ``python bench/sample_quality.py [--run-dir runs/bench-quality] [--prompts 32] [--quick]``.
+Usage: ``python bench/sample_quality.py [--run-dir runs/bench-quality] [--prompts 96] [--full] [--quick]``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def grid(quick: bool, full: bool = False) -> list[dict]:
         points.append({"sampler": "psi", "num_denoising_steps": k, "psi_kappa": 0.5})
     points.append({"sampler": "threshold", "threshold": 0.8, "tokens_per_step": 16})
     if full:
-        for k in (16, 64, 128):
+        for k in (64, 128):
             points.append({"sampler": "ancestral", "num_denoising_steps": k})
         points.append({"sampler": "ancestral", "num_denoising_steps": 64, "greedy_tail": True})
         points.append({"sampler": "psi", "num_denoising_steps": 32, "psi_kappa": 0.8, "greedy_tail": True})
@@ -134,7 +134,7 @@ def load_point(doc: dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-quality"))
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="three grid points only")
