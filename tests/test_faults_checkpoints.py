@@ -358,6 +358,9 @@ def test_disk_full_injected(tmp_path, tiny_model, monkeypatch):
 # ---------------------------------------------------------------------------------------------- Ctrl-C (10)
 SIGINT_DURING_SAVE = """
 import os, signal, sys
+# A terminal's Ctrl-C reaches a Python with the default handler; a process started in the background by a
+# non-interactive shell (a CI runner, `cmd &`) inherits SIGINT ignored, and would never see the interrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torch.distributed.checkpoint import FileSystemWriter
 real = FileSystemWriter.write_data
 def write_then_interrupt(self, plan, planner):
