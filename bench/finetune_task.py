@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lora-lr", type=float, default=5e-3, help="peak learning rate, LoRA")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--prompt-drop", type=float, default=0.1)
+    p.add_argument("--log-snr-range", default=None, metavar="MIN,MAX",
+                   help="noise.min_log_snr,noise.max_log_snr of the fine-tuning runs (default: the config's)")
     p.add_argument("--guidance", default="1.5,3", help="guidance scales γ compared with γ = 1 (comma-separated)")
     p.add_argument("--eval-steps", type=int, default=4, help="denoising steps per reply")
     p.add_argument("--lora-norms", action=argparse.BooleanOptionalAction, default=True,
@@ -116,7 +118,14 @@ def finetune_overrides(args, base: Path, out: Path, lora: bool) -> list[str]:
             f"training.micro_batch_size={args.batch}", f"training.time_limit_minutes={args.minutes}",
             "training.device=cpu", "training.progress=false", "training.eval_batches=2", "training.log_every=10",
             "checkpoint.every=0", f"training.seed={args.seed}",
-            f"training.output_dir={out / ('lora' if lora else 'full')}"]
+            f"training.output_dir={out / ('lora' if lora else 'full')}"] + noise_overrides(args)
+
+
+def noise_overrides(args) -> list[str]:
+    if not args.log_snr_range:
+        return []
+    low, high = (float(v) for v in args.log_snr_range.split(","))
+    return [f"noise.min_log_snr={low}", f"noise.max_log_snr={high}"]
 
 
 def worker(args) -> int:
