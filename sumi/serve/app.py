@@ -15,11 +15,10 @@ and ``finish_reason``; an optional usage chunk; and ``data: [DONE]``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -27,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sumi.errors import ConfigError
-from sumi.serve.engine import END_OF_STREAM, Choice, Engine, Job
+from sumi.serve.engine import Choice, Engine, Job
 from sumi.serve.protocol import (
     APIError,
     Limits,
@@ -35,6 +34,7 @@ from sumi.serve.protocol import (
     completion_id,
     now,
     parse_completion_request,
+    sse,
 )
 from sumi.serve.security import LOOPBACK_HOSTS, DisconnectWatch, HostAllowList, disconnect_check, parse_json
 
@@ -183,7 +183,7 @@ def create_app(model, tokenizer, config: ServeConfig | None = None) -> FastAPI:
         if choices is None:  # nobody is listening any more
             return JSONResponse(APIError(499, "client closed the request").body(), status_code=499)
         return completion_body(cid, created_at, config.model_id, [_choice_dict(c) for c in choices],
-                               _usage(job, choices))
+                               job.usage(choices))
 
     from sumi.serve.routes import add_routes
 
@@ -196,40 +196,20 @@ def _choice_dict(choice: Choice) -> dict:
     return {"text": choice.text, "index": choice.index, "logprobs": None, "finish_reason": choice.finish_reason}
 
 
-def _usage(job: Job, choices: list[Choice]) -> dict:
-    completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": job.prompt_tokens + completion}
-
-
-def _sse(payload: dict | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
-
-
 async def _events(job: Job, cid: str, created: int, model_id: str, engine: Engine) -> AsyncIterator[str]:
     """Server-sent events of one streamed job (see the module docstring for the chunk shapes)."""
-    assert job.events is not None
-    try:
-        while True:
-            event = await job.events.get()
-            if event is END_OF_STREAM:
-                break
+    async with aclosing(engine.events(job)) as events:
+        async for event in events:
             if isinstance(event, APIError):
-                yield _sse(event.body())
-                continue
-            if isinstance(event, list):  # the final choices
+                yield sse(event.body())
+            elif isinstance(event, list):  # the final choices
                 for choice in event:
-                    yield _sse(completion_body(cid, created, model_id, [_choice_dict(choice)], None))
+                    yield sse(completion_body(cid, created, model_id, [_choice_dict(choice)], None))
                 if job.request.include_usage:
-                    yield _sse(completion_body(cid, created, model_id, [], _usage(job, event)))
-                continue
-            choices = [{"text": "", "index": i, "logprobs": None, "finish_reason": None, "canvas": text,
-                        "step": event["step"], "num_steps": event["num_steps"]}
-                       for i, text in enumerate(event["texts"])]
-            yield _sse(completion_body(cid, created, model_id, choices, None))
-        yield _sse("[DONE]")
-    finally:
-        if not job.future.done():  # the client went away mid-stream: stop the work
-            engine.cancel(job)
-        elif not job.future.cancelled():
-            job.future.exception()  # mark an error as retrieved (it was sent as an event)
+                    yield sse(completion_body(cid, created, model_id, [], job.usage(event)))
+            else:
+                choices = [{"text": "", "index": i, "logprobs": None, "finish_reason": None, "canvas": text,
+                            "step": event["step"], "num_steps": event["num_steps"]}
+                           for i, text in enumerate(event["texts"])]
+                yield sse(completion_body(cid, created, model_id, choices, None))
+    yield sse("[DONE]")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,12 @@ class Job:
         options = self.options = self.options or self.request.options
         alone = options.seed is not None or self.infill is not None  # its own frozen layout: never shared
         self.key = (options, id(self)) if alone else options
+
+    def usage(self, choices: list[Choice]) -> dict:
+        """The OpenAI ``usage`` object of this job's answer."""
+        completion = sum(c.completion_tokens for c in choices)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
 
 
 class Engine:
@@ -134,6 +140,24 @@ class Engine:
         assert self._loop is not None
         encoded = await self._loop.run_in_executor(self._prep, self._encode, request)
         return self._enqueue(request, *encoded)
+
+    async def events(self, job: Job) -> AsyncIterator[Any]:
+        """The events of a streamed job until it ends: canvas snapshots (dicts), an :class:`APIError`, and the
+        final choices (a list). Closed early (the client went away mid-stream), it cancels the job so its work
+        stops; every endpoint streams through this one loop, wrapped in ``contextlib.aclosing`` so that
+        happens at once rather than when the generator is collected."""
+        assert job.events is not None
+        try:
+            while True:
+                event = await job.events.get()
+                if event is END_OF_STREAM:
+                    return
+                yield event
+        finally:
+            if not job.future.done():
+                self.cancel(job)
+            elif not job.future.cancelled():
+                job.future.exception()  # mark an error as retrieved (it was sent as an event)
 
     def cancel(self, job: Job) -> None:
         """The client went away: drop ``job`` (queued) or let its batch stop early (running alone)."""

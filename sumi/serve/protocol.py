@@ -9,6 +9,7 @@ new tokens between the prompt and the suffix (:mod:`sumi.infill`). sumi's sample
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class CompletionRequest:
     """Infilling: text after the ``max_tokens`` generated ones (one text prompt)."""
     stop_token_ids: tuple[int, ...] = ()
     """Token ids that end a completion (chat: ``<|im_end|>``), cut before decoding."""
+
+
+def sse(payload: dict | str) -> str:
+    """One server-sent event carrying ``payload`` (JSON, or a literal such as ``[DONE]``)."""
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from sumi.errors import InputError
-from sumi.serve.engine import END_OF_STREAM, Engine, Job
-from sumi.serve.protocol import APIError, check_text, parse_completion_request
+from sumi.serve.engine import Engine, Job
+from sumi.serve.protocol import APIError, check_text, parse_completion_request, sse
 from sumi.serve.security import disconnect_check
 
 CHAT_DEFAULT_MAX_TOKENS = 256
@@ -124,7 +124,7 @@ def add_routes(app: FastAPI, engine: Engine, tokenizer, model_config, config, au
         return {"id": cid, "object": "chat.completion", "created": created, "model": config.model_id,
                 "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                              "logprobs": None, "finish_reason": c.finish_reason} for c in choices],
-                "usage": _usage(job, choices), "system_fingerprint": None}
+                "usage": job.usage(choices), "system_fingerprint": None}
 
 
 def _cap(value, limit: int, body: dict):
@@ -155,53 +155,36 @@ def _chat_ids(tokenizer, messages, add_generation_prompt, limits) -> list[int]:
     return tokenizer.encode(text)  # the template starts with the BOS string: no second BOS
 
 
-def _usage(job: Job, choices) -> dict:
-    completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": job.prompt_tokens + completion}
-
-
 def _chunk(cid: str, created: int, model_id: str, choices: list[dict], usage: dict | None = None) -> str:
     body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
             "choices": choices, "system_fingerprint": None}
     if usage is not None:
         body["usage"] = usage
-    return f"data: {json.dumps(body)}\n\n"
+    return sse(body)
 
 
 async def _chat_events(job: Job, cid: str, created: int, model_id: str, snapshots: bool,
                        engine: Engine) -> AsyncIterator[str]:
-    assert job.events is not None
     rows = len(job.rows)
     yield _chunk(cid, created, model_id, [{"index": i, "delta": {"role": "assistant", "content": ""},
                                            "logprobs": None, "finish_reason": None} for i in range(rows)])
-    try:
-        while True:
-            event = await job.events.get()
-            if event is END_OF_STREAM:
-                break
+    async with aclosing(engine.events(job)) as events:
+        async for event in events:
             if isinstance(event, APIError):
-                yield f"data: {json.dumps(event.body())}\n\n"
-                continue
-            if isinstance(event, list):  # the final choices
+                yield sse(event.body())
+            elif isinstance(event, list):  # the final choices
                 for c in event:
                     yield _chunk(cid, created, model_id, [{"index": c.index, "delta": {"content": c.text},
                                                            "logprobs": None, "finish_reason": None}])
                     yield _chunk(cid, created, model_id, [{"index": c.index, "delta": {}, "logprobs": None,
                                                            "finish_reason": c.finish_reason}])
                 if job.request.include_usage:
-                    yield _chunk(cid, created, model_id, [], _usage(job, event))
-                continue
-            if snapshots:
+                    yield _chunk(cid, created, model_id, [], job.usage(event))
+            elif snapshots:
                 yield _chunk(cid, created, model_id, [
                     {"index": i, "delta": {}, "logprobs": None, "finish_reason": None, "canvas": text,
                      "step": event["step"], "num_steps": event["num_steps"]} for i, text in enumerate(event["texts"])])
-        yield "data: [DONE]\n\n"
-    finally:
-        if not job.future.done():  # the client went away mid-stream: stop the work
-            engine.cancel(job)
-        elif not job.future.cancelled():
-            job.future.exception()
+    yield sse("[DONE]")
 
 
 class _Metrics:
