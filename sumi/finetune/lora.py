@@ -37,8 +37,8 @@ def apply_lora(model: nn.Module, section: LoraSection, seed: int = 0) -> nn.Modu
     ``seed`` (peft draws them from torch's global RNG, which is left as it was), so a run is reproducible from
     its config."""
     peft = _peft()
-    norms = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                    if name and name.rsplit(".", 1)[-1].endswith("norm")}) if section.train_norms else None
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    norms = sorted(n for n in leaf_names if n.endswith("norm")) if section.train_norms else None
     config = peft.LoraConfig(r=section.rank, lora_alpha=section.alpha, lora_dropout=section.dropout,
                              target_modules=list(section.targets), bias="none", modules_to_save=norms)
     with torch.random.fork_rng(devices=[]):
