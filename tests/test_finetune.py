@@ -247,7 +247,17 @@ def test_task_split_is_disjoint_and_deterministic():
     assert {e.prompt for e in train}.isdisjoint(e.prompt for e in held)
     assert generate_split("heldout", 50, seed=3) == held
     assert {e.kind for e in train} == set(TASK_KINDS)
-    for e in train[:20]:
+    for e in train[:40]:
+        if e.kind == "count":
+            from sumi.finetune.tasks import COUNT_WORDS
+
+            shown = e.prompt.split(": ")[1].rstrip(".").split()
+            assert e.answer == COUNT_WORDS[len(shown) - 3] and e.answer not in shown
+        if e.kind == "category":  # every shown word is of the named category
+            from sumi.finetune.tasks import CATEGORIES, CATEGORY_NOUNS
+
+            (category,) = [c for c, noun in CATEGORY_NOUNS.items() if noun == e.answer]
+            assert set(e.prompt.split(": ")[1].rstrip(".").split()) <= set(CATEGORIES[category])
         if e.kind == "reverse":
             assert e.answer.split() == e.prompt.split(": ")[1].split()[::-1]
         if e.kind == "add":
@@ -274,8 +284,19 @@ def _randomise_adapters(model, seed: int) -> None:
                 param.mul_(1 + torch.rand(param.shape, generator=gen, dtype=param.dtype))
 
 
-@pytest.mark.parametrize("train_norms", [False, True])
-def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config, train_norms):
+def test_lora_targets_accept_the_projections_embedding_and_head_only():
+    from sumi.finetune.config import LORA_TARGETS, LoraSection
+
+    assert LoraSection().targets == list(LORA_TARGETS)  # default: every attention and MLP projection
+    assert LoraSection(targets=["q_proj", "embed_tokens", "lm_head"]).targets[-1] == "lm_head"
+    with pytest.raises(ConfigError, match=r"lora.targets \['wq'\] must be .*embed_tokens"):
+        LoraSection(targets=["q_proj", "wq"])
+    with pytest.raises(ConfigError, match="non-empty"):
+        LoraSection(targets=[])
+
+
+@pytest.mark.parametrize("train_norms, extra_targets", [(False, ()), (True, ()), (True, ("embed_tokens", "lm_head"))])
+def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config, train_norms, extra_targets):
     from peft import PeftModel
 
     from sumi.finetune.config import LoraSection
@@ -285,8 +306,13 @@ def test_adapters_save_load_and_merge_to_identical_logits(tmp_path, tiny_config,
     def base():
         return SumiForMaskGeneration.from_config(tiny_config, seed=0, dtype=torch.float64)
 
-    lora = apply_lora(base(), LoraSection(rank=4, train_norms=train_norms))
+    from sumi.finetune.config import LORA_TARGETS
+
+    targets = [*LORA_TARGETS, *extra_targets]
+    lora = apply_lora(base(), LoraSection(rank=4, train_norms=train_norms, targets=targets))
     trainable, total = parameter_counts(lora)
+    for extra in extra_targets:  # the embedding and the head got adapters too
+        assert any(f"{extra}.lora_" in n for n, p in lora.named_parameters() if p.requires_grad)
     adapted = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n or
                             "modules_to_save" in n) and trainable < total

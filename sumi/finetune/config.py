@@ -11,7 +11,10 @@ from typing import Any
 from sumi.errors import ConfigError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-"""Every attention and MLP projection of a block."""
+"""Every attention and MLP projection of a block (the default targets)."""
+LORA_EXTRA_TARGETS = ("embed_tokens", "lm_head")
+"""Targets that may be added: the input embedding (peft's LoRA for ``nn.Embedding``: every token's vector gets a
+rank-r correction, which is how adapters can give words features the base never learned) and the output head."""
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -84,9 +87,9 @@ class LoraSection:
         _need(self.rank >= 0, f"lora.rank must be >= 0 (0 = full fine-tuning), got {self.rank}")
         _need(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
         _need(0.0 <= self.dropout < 1.0, f"lora.dropout must lie in [0, 1), got {self.dropout}")
-        unknown = [t for t in self.targets if t not in LORA_TARGETS]
-        _need(bool(self.targets) and not unknown,
-              f"lora.targets {unknown or self.targets} must be a non-empty subset of {list(LORA_TARGETS)}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS + LORA_EXTRA_TARGETS]
+        _need(bool(self.targets) and not unknown, f"lora.targets {unknown or self.targets} must be a non-empty "
+              f"subset of {list(LORA_TARGETS + LORA_EXTRA_TARGETS)}")
 
     @property
     def enabled(self) -> bool:

@@ -69,7 +69,9 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Write the adapters of a LoRA-wrapped model in PEFT's format (adapter_config.json + safetensors)."""
     directory = Path(directory)
-    model.save_pretrained(str(directory))
+    # The base's embedding is never resized here, so only the adapters are saved (an adapter on embed_tokens is
+    # saved as its own A/B like any other); "auto" would try to detect resized embeddings and warn.
+    model.save_pretrained(str(directory), save_embedding_layers=False)
     return directory
 
 
