@@ -116,6 +116,17 @@ def test_generation_config_precedence_and_conventions(tiny_model, tiny_model_dir
                                     max_new_tokens=9, seed=5)
     assert torch.equal(out.sequences, sequence)
 
+    # Saving keeps the directory's generate defaults, and writes back a change made to model.generation_config.
+    model.generation_config.steps = 6
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "generation_config.json").read_text())
+    assert {k: saved[k] for k in ("sampler", "steps", "canvas_length", "bos_token_id", "eos_token_id")} == \
+        {"sampler": "greedy", "steps": 6, "canvas_length": 48, "bos_token_id": 0, "eos_token_id": 1}
+    reloaded = sumi.load_model(tmp_path / "saved").generate(torch.tensor([PROMPT]), max_new_tokens=9, seed=5)
+    sequence, _ = release_reference(model, PROMPT, sampler="greedy", steps=6, canvas_length=48,
+                                    max_new_tokens=9, seed=5)
+    assert torch.equal(reloaded.sequences, sequence)
+
 
 def test_output_hidden_states(tiny_model):
     out = tiny_model.generate(torch.tensor([PROMPT]), sampler="greedy", steps=2, canvas_length=32, seed=0,
