@@ -14,6 +14,12 @@ class ConfigError(SumiError, ValueError):
     """A configuration value or file is invalid."""
 
 
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition``: one line per rule in config validation."""
+    if not condition:
+        raise ConfigError(message)
+
+
 class CheckpointError(SumiError, ValueError):
     """A model directory or checkpoint is missing, incomplete, corrupt or mismatched."""
 

@@ -8,18 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sumi.errors import ConfigError
+from sumi.errors import require
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Every attention and MLP projection of a block (the default targets)."""
 LORA_EXTRA_TARGETS = ("embed_tokens", "lm_head")
 """Targets that may be added: the input embedding (peft's LoRA for ``nn.Embedding``: every token's vector gets a
 rank-r correction, which is how adapters can give words features the base never learned) and the output head."""
-
-
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
 
 
 @dataclass
@@ -49,16 +44,16 @@ class FinetuneSection:
     """Use only the first this many examples (0 = all)."""
 
     def __post_init__(self) -> None:
-        _need(isinstance(self.data, str | dict), "finetune.data must be a JSONL path or a mapping {type: hf, ...}")
-        _need(isinstance(self.heldout_data, str | dict),
-              "finetune.heldout_data must be a JSONL path or a mapping {type: hf, ...}")
-        _need(0.0 < self.heldout_fraction < 1.0,
-              f"finetune.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-        _need(self.canvas_length >= 4, f"finetune.canvas_length must be >= 4, got {self.canvas_length}")
-        _need(self.response_budget >= 0, f"finetune.response_budget must be >= 0 (0 = to the canvas end), got "
-              f"{self.response_budget}")
-        _need(0.0 <= self.prompt_drop < 1.0, f"finetune.prompt_drop must lie in [0, 1), got {self.prompt_drop}")
-        _need(self.max_examples >= 0, f"finetune.max_examples must be >= 0 (0 = all), got {self.max_examples}")
+        require(isinstance(self.data, str | dict), "finetune.data must be a JSONL path or a mapping {type: hf, ...}")
+        require(isinstance(self.heldout_data, str | dict),
+                "finetune.heldout_data must be a JSONL path or a mapping {type: hf, ...}")
+        require(0.0 < self.heldout_fraction < 1.0,
+                f"finetune.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        require(self.canvas_length >= 4, f"finetune.canvas_length must be >= 4, got {self.canvas_length}")
+        require(self.response_budget >= 0, f"finetune.response_budget must be >= 0 (0 = to the canvas end), got "
+                f"{self.response_budget}")
+        require(0.0 <= self.prompt_drop < 1.0, f"finetune.prompt_drop must lie in [0, 1), got {self.prompt_drop}")
+        require(self.max_examples >= 0, f"finetune.max_examples must be >= 0 (0 = all), got {self.max_examples}")
 
     @property
     def enabled(self) -> bool:
@@ -84,12 +79,12 @@ class LoraSection:
     (measured on the demo model: log p(EOS) stuck at −1.63 where full fine-tuning reaches −0.01)."""
 
     def __post_init__(self) -> None:
-        _need(self.rank >= 0, f"lora.rank must be >= 0 (0 = full fine-tuning), got {self.rank}")
-        _need(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
-        _need(0.0 <= self.dropout < 1.0, f"lora.dropout must lie in [0, 1), got {self.dropout}")
+        require(self.rank >= 0, f"lora.rank must be >= 0 (0 = full fine-tuning), got {self.rank}")
+        require(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, f"lora.dropout must lie in [0, 1), got {self.dropout}")
         unknown = [t for t in self.targets if t not in LORA_TARGETS + LORA_EXTRA_TARGETS]
-        _need(bool(self.targets) and not unknown, f"lora.targets {unknown or self.targets} must be a non-empty "
-              f"subset of {list(LORA_TARGETS + LORA_EXTRA_TARGETS)}")
+        require(bool(self.targets) and not unknown, f"lora.targets {unknown or self.targets} must be a non-empty "
+                f"subset of {list(LORA_TARGETS + LORA_EXTRA_TARGETS)}")
 
     @property
     def enabled(self) -> bool:

@@ -24,13 +24,8 @@ import yaml
 from sumi._io import read_text
 from sumi.config import SumiConfig, get_preset, list_presets
 from sumi.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
-from sumi.errors import ConfigError
+from sumi.errors import ConfigError, require
 from sumi.finetune.config import FinetuneSection, LoraSection
-
-
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
 
 
 @dataclass
@@ -52,12 +47,12 @@ class ModelSection:
     """``sdpa`` (fused) or ``eager`` (reference) attention."""
 
     def __post_init__(self) -> None:
-        _need(self.preset.lower().replace("_", "-") in list_presets(),
-              f"model.preset={self.preset!r} is unknown; available presets: {', '.join(list_presets())}")
-        _need(isinstance(self.overrides, dict), "model.overrides must be a mapping of SumiConfig fields")
-        _need(0 <= self.init_seed <= MAX_INT, f"model.init_seed must lie in [0, 2**63), got {self.init_seed}")
-        _need(self.attn_implementation in ("sdpa", "eager"),
-              f"model.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'")
+        require(self.preset.lower().replace("_", "-") in list_presets(),
+                f"model.preset={self.preset!r} is unknown; available presets: {', '.join(list_presets())}")
+        require(isinstance(self.overrides, dict), "model.overrides must be a mapping of SumiConfig fields")
+        require(0 <= self.init_seed <= MAX_INT, f"model.init_seed must lie in [0, 2**63), got {self.init_seed}")
+        require(self.attn_implementation in ("sdpa", "eager"),
+                f"model.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'")
         self.build()  # fail now, not after the data is loaded
 
     def build(self) -> SumiConfig:
@@ -88,11 +83,11 @@ class DataSection:
     """Share of canvases kept out for held-out NELBO, used only when building shards."""
 
     def __post_init__(self) -> None:
-        _need(self.seq_len > 1, f"data.seq_len must be > 1, got {self.seq_len}")
-        _need(isinstance(self.mixture, str | dict),
-              "data.mixture must be a path to a mixture YAML or an inline mapping with 'sources:'")
-        _need(0.0 < self.heldout_fraction < 1.0,
-              f"data.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        require(self.seq_len > 1, f"data.seq_len must be > 1, got {self.seq_len}")
+        require(isinstance(self.mixture, str | dict),
+                "data.mixture must be a path to a mixture YAML or an inline mapping with 'sources:'")
+        require(0.0 < self.heldout_fraction < 1.0,
+                f"data.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -107,10 +102,10 @@ class NoiseSection:
     """λ_max."""
 
     def __post_init__(self) -> None:
-        _need(0.0 <= self.per_token_fraction <= 1.0,
-              f"noise.per_token_fraction must lie in [0, 1], got {self.per_token_fraction}")
-        _need(self.min_log_snr < self.max_log_snr,
-              f"noise.min_log_snr={self.min_log_snr} must be < noise.max_log_snr={self.max_log_snr}")
+        require(0.0 <= self.per_token_fraction <= 1.0,
+                f"noise.per_token_fraction must lie in [0, 1], got {self.per_token_fraction}")
+        require(self.min_log_snr < self.max_log_snr,
+                f"noise.min_log_snr={self.min_log_snr} must be < noise.max_log_snr={self.max_log_snr}")
 
 
 @dataclass
@@ -132,12 +127,12 @@ class OptimizerSection:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
-        _need(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr}")
-        _need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-              f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        _need(self.eps > 0, f"optimizer.eps must be > 0, got {self.eps}")
-        _need(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
-        _need(self.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        require(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        require(self.eps > 0, f"optimizer.eps must be > 0, got {self.eps}")
+        require(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
 
 
 SCHEDULE_KINDS = ("wsd", "cosine", "constant")
@@ -157,11 +152,11 @@ class ScheduleSection:
     """Learning rate at the last step (wsd cooldown target / cosine floor)."""
 
     def __post_init__(self) -> None:
-        _need(self.kind in SCHEDULE_KINDS, f"schedule.kind={self.kind!r}; use one of {SCHEDULE_KINDS}")
-        _need(self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _need(0.0 <= self.decay_fraction <= 1.0,
-              f"schedule.decay_fraction must lie in [0, 1], got {self.decay_fraction}")
-        _need(self.min_lr >= 0, f"schedule.min_lr must be >= 0, got {self.min_lr}")
+        require(self.kind in SCHEDULE_KINDS, f"schedule.kind={self.kind!r}; use one of {SCHEDULE_KINDS}")
+        require(self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        require(0.0 <= self.decay_fraction <= 1.0,
+                f"schedule.decay_fraction must lie in [0, 1], got {self.decay_fraction}")
+        require(self.min_lr >= 0, f"schedule.min_lr must be >= 0, got {self.min_lr}")
 
 
 @dataclass
@@ -223,28 +218,28 @@ class TrainingSection:
         from sumi.train.metrics import LOGGERS
 
         unknown = sorted(set(self.logger_names) - set(LOGGERS))
-        _need(not unknown, f"training.loggers has unknown {unknown}; use a comma-separated subset of "
-              f"{', '.join(LOGGERS)} (metrics.jsonl is always written)")
+        require(not unknown, f"training.loggers has unknown {unknown}; use a comma-separated subset of "
+                f"{', '.join(LOGGERS)} (metrics.jsonl is always written)")
         for name in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "eval_batches"):
-            _need(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("seed", "eval_seed"):
-            _need(0 <= getattr(self, name) <= MAX_INT,
-                  f"training.{name} must lie in [0, 2**63), got {getattr(self, name)}")
-        _need(self.global_batch_size >= 0, f"training.global_batch_size must be >= 0 (0 = micro × accum × "
-              f"world), got {self.global_batch_size}")
-        _need(self.time_limit_minutes >= 0, f"training.time_limit_minutes must be >= 0, got "
-              f"{self.time_limit_minutes}")
-        _need(self.eval_every >= 0, f"training.eval_every must be >= 0 (0 = at the end), got {self.eval_every}")
-        _need(self.device in ("auto", "cpu", "cuda"), f"training.device={self.device!r}; use auto, cpu or cuda")
-        _need(self.precision in ("auto", "fp32", "bf16"),
-              f"training.precision={self.precision!r}; use auto, fp32 or bf16")
-        _need(self.parallelism in ("auto", "none", "ddp", "fsdp"),
-              f"training.parallelism={self.parallelism!r}; use auto, none, ddp or fsdp")
+            require(0 <= getattr(self, name) <= MAX_INT,
+                    f"training.{name} must lie in [0, 2**63), got {getattr(self, name)}")
+        require(self.global_batch_size >= 0, f"training.global_batch_size must be >= 0 (0 = micro × accum × "
+                f"world), got {self.global_batch_size}")
+        require(self.time_limit_minutes >= 0, f"training.time_limit_minutes must be >= 0, got "
+                f"{self.time_limit_minutes}")
+        require(self.eval_every >= 0, f"training.eval_every must be >= 0 (0 = at the end), got {self.eval_every}")
+        require(self.device in ("auto", "cpu", "cuda"), f"training.device={self.device!r}; use auto, cpu or cuda")
+        require(self.precision in ("auto", "fp32", "bf16"),
+                f"training.precision={self.precision!r}; use auto, fp32 or bf16")
+        require(self.parallelism in ("auto", "none", "ddp", "fsdp"),
+                f"training.parallelism={self.parallelism!r}; use auto, none, ddp or fsdp")
         for name in ("data_parallel_replicate", "tensor_parallel"):
-            _need(getattr(self, name) >= 1, f"training.{name} must be >= 1 (1 = off), got {getattr(self, name)}")
-        _need(self.activation_checkpointing_mode in ("full", "selective"),
-              f"training.activation_checkpointing_mode={self.activation_checkpointing_mode!r}; use full or "
-              "selective")
+            require(getattr(self, name) >= 1, f"training.{name} must be >= 1 (1 = off), got {getattr(self, name)}")
+        require(self.activation_checkpointing_mode in ("full", "selective"),
+                f"training.activation_checkpointing_mode={self.activation_checkpointing_mode!r}; use full or "
+                "selective")
 
 
     @property
@@ -263,8 +258,8 @@ class CheckpointSection:
     """Write the final model in the release layout to ``<output_dir>/model``."""
 
     def __post_init__(self) -> None:
-        _need(self.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {self.every}")
-        _need(self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
+        require(self.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {self.every}")
+        require(self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
 
 
 @dataclass
@@ -282,13 +277,13 @@ class RunConfig:
     lora: LoraSection = field(default_factory=LoraSection)
 
     def __post_init__(self) -> None:
-        _need(not self.lora.enabled or self.model.init_from,
-              "lora.rank > 0 adapts trained weights: set model.init_from to the base model directory")
-        _need(not (self.finetune.enabled and self.model.causal),
-              "fine-tuning (finetune.data) trains the diffusion model; model.causal=true is not supported")
-        _need(self.schedule.warmup_steps <= self.training.steps or self.schedule.warmup_steps == 0,
-              f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds training.steps={self.training.steps}; "
-              "shorten the warmup or train longer")
+        require(not self.lora.enabled or self.model.init_from,
+                "lora.rank > 0 adapts trained weights: set model.init_from to the base model directory")
+        require(not (self.finetune.enabled and self.model.causal),
+                "fine-tuning (finetune.data) trains the diffusion model; model.causal=true is not supported")
+        require(self.schedule.warmup_steps <= self.training.steps or self.schedule.warmup_steps == 0,
+                f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds training.steps={self.training.steps}; "
+                "shorten the warmup or train longer")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
