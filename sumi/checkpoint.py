@@ -317,22 +317,11 @@ def _write_model(model, directory: Path, limit: int, target_dtype: torch.dtype |
     config = model.config
     saved_dtype = next(iter(state.values())).dtype if state else torch.float32
     dtype_name = {v: k for k, v in _DTYPES.items()}.get(saved_dtype, config.dtype)
-    config.replace(dtype=dtype_name, extra={**config.extra, "auto_map": REMOTE_CODE_AUTO_MAP}).save(directory)
-    _write_generation_config(model, directory)
-    write_remote_code(directory)
-
-
-def _write_generation_config(model, directory: Path) -> None:
-    """Keep the model's own generate defaults: ``config.save`` writes only the special ids and T = 1, so a model
-    loaded from a directory with sampler settings in its ``generation_config.json`` (or with
-    ``model.generation_config`` changed since) would otherwise come back with the release defaults. The fields
-    the model's ``GenerationConfig`` sets explicitly go over those."""
+    # The model's own generate defaults (read from its directory, or changed since) are kept, not reset to T = 1.
     generation = getattr(model, "generation_config", None)
-    if generation is None:
-        return
-    path = directory / "generation_config.json"
-    fields = {**json.loads(path.read_text()), **generation.to_diff_dict()}
-    atomic_write_text(path, json.dumps(fields, indent=2) + "\n")
+    config.replace(dtype=dtype_name, extra={**config.extra, "auto_map": REMOTE_CODE_AUTO_MAP}).save(
+        directory, generation=generation.to_diff_dict() if generation is not None else None)
+    write_remote_code(directory)
 
 
 REMOTE_CODE_AUTO_MAP = {

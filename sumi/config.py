@@ -254,13 +254,16 @@ class SumiConfig:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``generation_config.json`` into ``directory``."""
+    def save(self, directory: str | Path, generation: dict | None = None) -> Path:
+        """Write ``config.json`` and ``generation_config.json`` into ``directory``. The generation config holds the
+        special ids and T = 1, then the fields of ``generation`` (a model's own generate defaults, e.g. the
+        explicit fields of its ``GenerationConfig``) over them."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / CONFIG_NAME
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        gen = {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "temperature": 1.0}
+        gen = {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "temperature": 1.0,
+               **(generation or {})}
         (directory / GENERATION_CONFIG_NAME).write_text(json.dumps(gen, indent=2) + "\n")
         return path
 
