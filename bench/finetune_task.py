@@ -117,8 +117,7 @@ def finetune_overrides(args, base: Path, out: Path, lora: bool) -> list[str]:
     return [f"model.init_from={base}", f"finetune.data={out / 'train.jsonl'}",
             f"finetune.heldout_data={out / 'heldout.jsonl'}", f"finetune.canvas_length={args.canvas}",
             f"finetune.response_budget={args.budget}",
-            f"finetune.prompt_drop={args.prompt_drop}", f"lora.rank={args.lora_rank if lora else 0}",
-            f"lora.train_norms={str(args.lora_norms).lower()}", *lora_target_overrides(args),
+            f"finetune.prompt_drop={args.prompt_drop}", *lora_overrides(args, lora),
             f"optimizer.lr={lr}", f"schedule.min_lr={lr / 10}", "optimizer.weight_decay=0.0", "schedule.kind=wsd",
             f"schedule.warmup_steps={min(20, args.steps // 10)}", "schedule.decay_fraction=0.2",
             f"training.steps={args.steps}",
@@ -128,8 +127,19 @@ def finetune_overrides(args, base: Path, out: Path, lora: bool) -> list[str]:
             f"training.output_dir={out / ('lora' if lora else 'full')}"] + noise_overrides(args)
 
 
-def lora_target_overrides(args) -> list[str]:
-    return [f"lora.targets=[{args.lora_targets}]"] if args.lora_targets else []
+def lora_section(args):
+    """The LoRA settings of the command line (what the LoRA run trains, and what its share is counted on)."""
+    from sumi.finetune.config import LoraSection
+
+    targets = {"targets": args.lora_targets.split(",")} if args.lora_targets else {}
+    return LoraSection(rank=args.lora_rank, train_norms=args.lora_norms, **targets)
+
+
+def lora_overrides(args, lora: bool) -> list[str]:
+    """The ``lora.*`` overrides of a fine-tuning run: :func:`lora_section` for the LoRA run, rank 0 (full) else."""
+    section = lora_section(args)
+    return [f"lora.rank={section.rank if lora else 0}", f"lora.train_norms={str(section.train_norms).lower()}",
+            f"lora.targets=[{','.join(section.targets)}]"]
 
 
 def noise_overrides(args) -> list[str]:
@@ -225,7 +235,6 @@ def main() -> int:
     import torch
 
     from sumi.checkpoint import load_model, resolve_model
-    from sumi.finetune.config import LoraSection
     from sumi.finetune.lora import apply_lora, parameter_counts
 
     torch.set_num_threads(2)
@@ -242,9 +251,7 @@ def main() -> int:
     held = write_task(out, args.train, args.heldout, args.seed, kinds_of(args))
     model, tok = resolve_model(base)
     before = None if args.skip_before else evaluate(model.eval(), tok, held, args.budget, 1.0, args.eval_steps)
-    targets = {"targets": args.lora_targets.split(",")} if args.lora_targets else {}
-    lora_section = LoraSection(rank=args.lora_rank, train_norms=args.lora_norms, **targets)
-    trainable, total = parameter_counts(apply_lora(load_model(base), lora_section))
+    trainable, total = parameter_counts(apply_lora(load_model(base), lora_section(args)))
     runs = run_workers(args, base, out)
     result = {"bench": "finetune_task", "task": list(kinds_of(args)), "train_chats": args.train,
               "heldout_chats": args.heldout,
