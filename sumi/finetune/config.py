@@ -71,7 +71,8 @@ class LoraSection:
     dropout: float = 0.0
     """Dropout on the adapter input."""
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-    """Projection names that get adapters (default: every attention and MLP projection)."""
+    """Module names that get adapters: a subset of :data:`LORA_TARGETS` (default: all of them) and
+    :data:`LORA_EXTRA_TARGETS`."""
     train_norms: bool = False
     """Also train the RMSNorm gains (every ``*norm`` module, ``peft``'s ``modules_to_save``: 2·L + 1 vectors of
     size d, ~0.03% of the demo model). The final norm's gain sets how far apart the frozen head can push the
